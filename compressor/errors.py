@@ -1,0 +1,9 @@
+"""Exceptions that compressor reports to users as a message, without a traceback."""
+
+
+class CompressorError(Exception):
+    """An error whose message says what is wrong, with which value, and what to do next."""
+
+
+class RecipeError(CompressorError):
+    """A recipe is invalid. The message names the key path and, where known, the YAML line."""

@@ -1,0 +1,3 @@
+"""Registration of the baselines components."""
+
+from compressor.hookspecs import hookimpl  # noqa: F401

@@ -1,0 +1,1 @@
+"""Built-in compressor plugin: shapley."""
