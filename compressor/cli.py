@@ -177,7 +177,7 @@ def compare(recipe: str, overrides: tuple[str, ...], output_dir: str | None, db:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--trials", type=int, default=None, help="Number of trials this worker runs (default: the recipe's search.trials).")
+@click.option("--trials", type=int, default=None, help="Number of trials the study should hold when this worker stops (default: search.trials). Workers share it; a rerun runs only the missing ones.")
 @click.option("--timeout", type=float, default=None, help="Stop starting new trials after this many seconds.")
 @click.option("--study", default=None, help="Study name (default: search.study, then the recipe name).")
 @click.option("--db", default=None, help=DB_HELP)

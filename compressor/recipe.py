@@ -150,7 +150,18 @@ class SearchSpec(_Strict):
     space: dict[str, SearchParam] = Field(
         min_length=1, description="Map from a recipe path (as in `--set`) to its values."
     )
-    trials: int = Field(10, ge=1, description="Default number of trials.")
+    trials: int = Field(
+        10, ge=1,
+        description="Number of trials the study should hold. Workers share it, and a rerun runs only the missing ones.",
+    )
+    heartbeat_interval: int = Field(
+        60, ge=1, description="Seconds between a running trial's heartbeats in the study database."
+    )
+    grace_period: int | None = Field(
+        None, ge=1,
+        description="Seconds without a heartbeat after which a running trial counts as crashed and is "
+        "queued again. Defaults to twice `heartbeat_interval`.",
+    )
 
 
 class CompareMethod(_Strict):

@@ -1,10 +1,10 @@
 """Architecture adapters: where each model family keeps its decoder layers.
 
-An adapter is a small table entry. It names the ``config.model_type`` values it handles,
-the dotted attribute paths of the decoder layer ``ModuleList``, the final norm, the
-embedding and the lm_head, the config key that stores the layer count, the per-layer
-config keys (such as ``layer_types``) and the attributes that carry each layer's own
-index (``layer_idx``, which the KV cache uses).
+An adapter is a small table entry. It names the ``config.model_type`` values it handles
+and the dotted attribute paths of the decoder layer ``ModuleList``, the final norm, the
+embedding and the lm_head. It also names the config key of the layer count, the
+per-layer config keys (such as ``layer_types``) and the attributes that carry each
+layer's own index (``layer_idx``, which the KV cache uses).
 
 This module is itself a plugin: it registers the built-in adapters through the
 ``register_architectures`` hook, the same way a third-party package would add one::
@@ -42,13 +42,13 @@ def _resolve(obj: Any, dotted: str) -> Any:
 
 
 def _is_derived(config: Any, key: str) -> bool:
-    """Whether ``config.key`` is a read-only property computed from other fields."""
+    """Return whether ``config.key`` is a read-only property computed from other fields."""
     return isinstance(getattr(type(config), key, None), property)
 
 
 @dataclass(frozen=True)
 class ArchitectureAdapter:
-    """Where one family of causal language models keeps its decoder layers.
+    """Table entry locating one causal-LM family's decoder layers, norm, embedding and lm_head.
 
     ``slices_layers_by_config`` is True when the family's forward loops over
     ``self.layers[: config.num_hidden_layers]``, and False when it loops over the whole
@@ -75,7 +75,7 @@ class ArchitectureAdapter:
     # ------------------------------------------------------------------ lookup
 
     def handles(self, model: Any) -> bool:
-        """Whether this adapter is meant for ``model`` (by ``config.model_type``)."""
+        """Return whether this adapter is meant for ``model`` (by ``config.model_type``)."""
         return getattr(getattr(model, "config", None), "model_type", None) in self.model_types
 
     def get_layers(self, model: Any) -> nn.ModuleList:

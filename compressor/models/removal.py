@@ -2,8 +2,8 @@
 
 Replacing the ``ModuleList`` alone is not enough. ``from_pretrained`` would rebuild the
 old layer count from the config and fill the missing layers with random weights.
-Attention modules that keep their old ``layer_idx`` index past the end of the KV cache
-during generation. Per-layer config lists such as ``layer_types`` keep their old
+An attention module that keeps its old ``layer_idx`` reads past the end of the KV
+cache during generation. Per-layer config lists such as ``layer_types`` keep their old
 length, which breaks saving or reloading. :func:`remove_layers` fixes all three.
 """
 
@@ -95,7 +95,8 @@ def remove_layers(handle: ModelHandle, indices: Iterable[int]) -> ModelHandle:
         return handle
     _check_removable(handle)
 
-    keep = [i for i in range(num_layers) if i not in set(remove)]
+    removed = set(remove)
+    keep = [i for i in range(num_layers) if i not in removed]
     original_ids = handle.kept_original_indices
     if len(original_ids) != num_layers:
         raise CompressorError(

@@ -1,1 +1,1 @@
-"""Built-in compressor plugin: gptq."""
+"""Built-in plugin with the weight quantizers gptq (llmcompressor), gptqmodel (GPTQModel) and rtn."""

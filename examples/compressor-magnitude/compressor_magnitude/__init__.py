@@ -1,0 +1,1 @@
+"""Example compressor plugin: a layer-importance estimator based on weight magnitudes."""

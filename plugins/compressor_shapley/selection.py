@@ -1,0 +1,120 @@
+"""Choosing the layers to remove from per-layer values or from the surrogate itself."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def one_shot(values: Sequence[float], count: int) -> list[int]:
+    """Return the ``count`` layers with the lowest value (ties go to the lower index)."""
+    values = np.asarray(values, dtype=float)
+    order = sorted(range(len(values)), key=lambda i: (math.inf if np.isnan(values[i]) else values[i], i))
+    return sorted(order[:count])
+
+
+def iterative(estimate: Callable[[list[int]], np.ndarray], count: int) -> tuple[list[int], list[np.ndarray]]:
+    """Remove one layer at a time, re-estimating the values with the removed layers fixed off.
+
+    ``estimate(removed)`` returns per-layer values with NaN for the layers in ``removed``.
+    Returns the removal order and the values of each round.
+    """
+    removed: list[int] = []
+    rounds = []
+    for _ in range(count):
+        values = estimate(list(removed))
+        rounds.append(values)
+        candidates = [i for i in range(len(values)) if i not in removed and not np.isnan(values[i])]
+        removed.append(min(candidates, key=lambda i: (values[i], i)))
+    return removed, rounds
+
+
+def removal_mask(num_layers: int, removed: Sequence[int]) -> np.ndarray:
+    mask = np.ones(num_layers, dtype=bool)
+    mask[list(removed)] = False
+    return mask
+
+
+@dataclass
+class SubsetSearchResult:
+    """The chosen removal set and every candidate re-scored on the real model."""
+
+    selected: list[int]
+    strategy: str
+    candidates: list[dict] = field(default_factory=list)
+
+
+def surrogate_candidates(
+    value_fn: Callable[[np.ndarray], np.ndarray], num_layers: int, count: int, top: int,
+    exhaustive_limit: int = 200_000, beam_width: int = 64,
+) -> tuple[list[tuple[int, ...]], np.ndarray, str]:
+    """Return the ``top`` removal sets of size ``count`` with the highest surrogate utility.
+
+    All C(L, k) sets are scored when there are at most ``exhaustive_limit`` of them.
+    Otherwise a beam search grows sets one layer at a time, keeping the ``beam_width``
+    best sets of each size.
+    """
+    if math.comb(num_layers, count) <= exhaustive_limit:
+        sets = list(combinations(range(num_layers), count))
+        scores = np.concatenate([
+            value_fn(np.stack([removal_mask(num_layers, s) for s in sets[start:start + 8192]]))
+            for start in range(0, len(sets), 8192)
+        ])
+        order = np.argsort(-scores, kind="stable")[:top]
+        return [sets[i] for i in order], scores[order], "exhaustive"
+
+    beam: list[tuple[int, ...]] = [()]
+    scores = np.zeros(1)
+    for _ in range(count):
+        grown = sorted({tuple(sorted(s + (j,))) for s in beam for j in range(num_layers) if j not in s})
+        scores = value_fn(np.stack([removal_mask(num_layers, s) for s in grown]))
+        order = np.argsort(-scores, kind="stable")[:max(beam_width, top)]
+        beam = [grown[i] for i in order]
+        scores = scores[order]
+    return beam[:top], scores[:top], "beam"
+
+
+def subset_search(
+    value_fn: Callable[[np.ndarray], np.ndarray],
+    real_nll: Callable[[list[str]], np.ndarray],
+    num_layers: int,
+    count: int,
+    rescore: int = 8,
+    extra_candidates: Sequence[Sequence[int]] = (),
+    exhaustive_limit: int = 200_000,
+    beam_width: int = 64,
+) -> SubsetSearchResult:
+    """Pick the k-subset to remove: best by surrogate, then confirmed on the real model.
+
+    The ``rescore`` best sets by surrogate, plus ``extra_candidates`` (for example the
+    one-shot semivalue choice), are evaluated with ``real_nll``. The set with the lowest
+    real calibration NLL wins. Sets whose loss is non-finite are never chosen.
+    """
+    sets, scores, strategy = surrogate_candidates(value_fn, num_layers, count, rescore, exhaustive_limit, beam_width)
+    candidates: list[tuple[int, ...]] = list(sets)
+    for extra in extra_candidates:
+        key = tuple(sorted(int(i) for i in extra))
+        if len(key) == count and key not in candidates:
+            candidates.append(key)
+    masks = ["".join("0" if i in c else "1" for i in range(num_layers)) for c in candidates]
+    nll = np.asarray(real_nll(masks), dtype=float)
+    predicted = value_fn(np.stack([removal_mask(num_layers, c) for c in candidates]))
+
+    rows = [
+        {"removed": list(c), "surrogate": float(p), "nll": float(n)}
+        for c, p, n in zip(candidates, predicted, nll)
+    ]
+    finite = [i for i in range(len(candidates)) if np.isfinite(nll[i])]
+    if not finite:
+        log.warning("every re-scored candidate gave a non-finite loss; keeping the surrogate's best set")
+        best = 0
+    else:
+        best = min(finite, key=lambda i: (nll[i], i))
+    return SubsetSearchResult(selected=list(candidates[best]), strategy=strategy, candidates=rows)

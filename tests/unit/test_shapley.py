@@ -1,0 +1,338 @@
+"""Shapley estimator parts: sampling, surrogate, semivalues, selection and the plugin on a tiny model."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.errors import CompressorError
+from compressor_shapley import sampling, selection
+from compressor_shapley.semivalues import exact_semivalue, kept_count_distribution, semivalues, shapiq_exact
+from compressor_shapley.surrogate import SurrogateConfig, fit_surrogate
+
+# --------------------------------------------------------------------------- synthetic games
+
+N = 8
+WEIGHTS = np.array([0.5, 1.0, 1.5, 2.0, 0.2, 0.8, 1.2, 3.0])
+PAIRS = {(0, 1): 1.0, (2, 5): -0.6, (3, 7): 0.4}
+
+
+def additive_pairwise(masks: np.ndarray) -> np.ndarray:
+    """v(S) = Σ w_i + Σ over pairs in S of their interaction."""
+    masks = np.asarray(masks, dtype=float)
+    value = masks @ WEIGHTS
+    for (i, j), strength in PAIRS.items():
+        value = value + strength * masks[:, i] * masks[:, j]
+    return value
+
+
+def additive_pairwise_shapley() -> np.ndarray:
+    """Shapley value: own weight plus half of each interaction the player takes part in."""
+    phi = WEIGHTS.copy()
+    for (i, j), strength in PAIRS.items():
+        phi[i] += strength / 2
+        phi[j] += strength / 2
+    return phi
+
+
+def additive_pairwise_banzhaf() -> np.ndarray:
+    """Banzhaf value: the partner is present with probability 1/2, the same as Shapley here."""
+    return additive_pairwise_shapley()
+
+
+VOTES = np.array([4, 2, 1, 1])
+QUOTA = 5
+
+
+def weighted_majority(masks: np.ndarray) -> np.ndarray:
+    return (np.asarray(masks, dtype=float) @ VOTES >= QUOTA).astype(float)
+
+
+def brute_force_shapley(value_fn, n: int) -> np.ndarray:
+    phi = np.zeros(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for size in range(n):
+            for subset in combinations(others, size):
+                base = np.zeros((1, n), dtype=bool)
+                base[0, list(subset)] = True
+                with_i = base.copy()
+                with_i[0, i] = True
+                weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+                phi[i] += weight * float(value_fn(with_i)[0] - value_fn(base)[0])
+    return phi
+
+
+def test_exact_shapley_additive_pairwise():
+    result = semivalues(additive_pairwise, N, kind="shapley", exact_max_players=N)
+    assert result.method == "exact"
+    np.testing.assert_allclose(result.values, additive_pairwise_shapley(), atol=1e-9)
+
+
+def test_exact_banzhaf_additive_pairwise():
+    result = semivalues(additive_pairwise, N, kind="banzhaf", exact_max_players=N)
+    np.testing.assert_allclose(result.values, additive_pairwise_banzhaf(), atol=1e-9)
+
+
+def test_exact_shapley_weighted_majority():
+    result = semivalues(weighted_majority, 4, kind="shapley", exact_max_players=4)
+    expected = brute_force_shapley(weighted_majority, 4)
+    np.testing.assert_allclose(result.values, expected, atol=1e-9)
+    assert result.values.sum() == pytest.approx(1.0)  # efficiency: v(N) − v(∅) = 1
+
+
+def test_base_mask_semivalue_matches_shapiq():
+    q = kept_count_distribution("shapley", 4)
+    ours = exact_semivalue(weighted_majority, 4, q)
+    np.testing.assert_allclose(ours, shapiq_exact(weighted_majority, 4, "SV"), atol=1e-9)
+    q = kept_count_distribution("banzhaf", 4)
+    np.testing.assert_allclose(exact_semivalue(weighted_majority, 4, q), shapiq_exact(weighted_majority, 4, "BV"), atol=1e-9)
+
+
+def test_monte_carlo_within_interval():
+    result = semivalues(additive_pairwise, N, kind="shapley", exact_max_players=2, n_base=4000, bootstrap=100, seed=3)
+    assert result.method == "monte_carlo"
+    np.testing.assert_allclose(result.values, additive_pairwise_shapley(), atol=0.15)
+    assert (result.lower <= result.values).all()
+    assert (result.upper >= result.values).all()
+
+
+def test_paper_semivalue_of_additive_game_is_weights():
+    # Without interactions every semivalue equals the player's own weight.
+    result = semivalues(lambda m: np.asarray(m, dtype=float) @ WEIGHTS, N, kind="paper", strata=[7, 5],
+                        exact_max_players=N)
+    np.testing.assert_allclose(result.values, WEIGHTS, atol=1e-9)
+
+
+def test_fixed_off_players_get_nan():
+    result = semivalues(additive_pairwise, N, kind="shapley", fixed_off=[1], exact_max_players=N)
+    assert np.isnan(result.values[1])
+    # With player 1 always absent, player 0 loses its interaction with it.
+    assert result.values[0] == pytest.approx(WEIGHTS[0])
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_default_strata_follow_target():
+    assert sampling.default_strata(30, 6) == [29, 26, 24, 21, 18]
+    assert sampling.default_strata(4, 1) == [3, 2]
+    assert sampling.paper_strata(32) == [30, 27, 24, 21, 18]
+
+
+def test_sampler_distinct_and_in_strata():
+    sampler = sampling.StratifiedSampler(30, [29, 24, 18], seed=1)
+    masks = sampler.take(90)
+    assert len(masks) == len(set(masks)) == 90
+    assert set(sampling.stratum_of(masks).tolist()) == {29, 24, 18}
+
+
+def test_small_stratum_enumerated_then_exhausted():
+    sampler = sampling.StratifiedSampler(6, [5], seed=0)
+    masks = sampler.take(100)
+    assert sorted(masks) == sorted("".join("0" if i == j else "1" for i in range(6)) for j in range(6))
+
+
+def test_sampler_reproducible():
+    first = sampling.StratifiedSampler(20, [18, 14], seed=7).take(40)
+    second = sampling.StratifiedSampler(20, [18, 14], seed=7).take(40)
+    assert first == second
+
+
+def test_invalid_strata_rejected():
+    with pytest.raises(CompressorError, match="strata"):
+        sampling.validate_strata([31], 30)
+
+
+# --------------------------------------------------------------------------- surrogate
+
+
+def _training_set(seed: int = 0):
+    sampler = sampling.StratifiedSampler(N, [7, 6, 5, 4], seed=seed)
+    from compressor.engine import masks_to_array
+
+    masks = masks_to_array(sampler.take(200))
+    return masks, additive_pairwise(masks)
+
+
+def test_surrogate_deterministic_given_seed():
+    masks, values = _training_set()
+    config = SurrogateConfig(min_steps=200, max_steps=400, patience=100)
+    first = fit_surrogate(masks, values, config, seed=5)
+    second = fit_surrogate(masks, values, config, seed=5)
+    np.testing.assert_array_equal(first(masks), second(masks))
+    assert first.quality == second.quality
+
+
+def test_surrogate_fits_pairwise_game():
+    masks, values = _training_set()
+    surrogate = fit_surrogate(masks, values, SurrogateConfig(min_steps=1500, max_steps=3000), seed=0)
+    assert surrogate.quality["r2"] > 0.95
+    assert surrogate.quality["spearman"] > 0.95
+    assert set(surrogate.quality["per_stratum"]) == {"7", "6", "5", "4"}
+
+
+def test_paper_surrogate_sigmoid_in_unit_range():
+    masks, values = _training_set()
+    config = SurrogateConfig(head="sigmoid", standardize=False, optimizer="sgd", lr=0.008, batch_size=300,
+                             epochs=20, lr_step_epochs=10)
+    surrogate = fit_surrogate(masks, values / values.max(), config, seed=0)
+    predictions = surrogate(masks)
+    assert ((predictions > 0) & (predictions < 1)).all()
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_one_shot_lowest_values():
+    assert selection.one_shot([0.5, 0.1, np.nan, 0.3, 0.2], 2) == [1, 4]
+
+
+def test_iterative_reestimates():
+    # Player 0 is weak alone; once 3 is gone, 1 becomes the weakest.
+    def estimate(removed):
+        values = np.array([0.1, 0.5, 0.4, 0.05])
+        if 3 in removed:
+            values[1] = 0.01
+        values[removed] = np.nan
+        return values
+
+    order, rounds = selection.iterative(estimate, 2)
+    assert order == [3, 1]
+    assert len(rounds) == 2
+
+
+def test_subset_search_prefers_real_model():
+    value_fn = additive_pairwise
+
+    def real_nll(masks):
+        # The real model disagrees with the surrogate on one set: removing {4, 0} is bad.
+        out = []
+        for mask in masks:
+            removed = {i for i, c in enumerate(mask) if c == "0"}
+            out.append(100.0 if removed == {0, 4} else -float(value_fn(np.array([[c == "1" for c in mask]]))[0]))
+        return np.array(out)
+
+    result = selection.subset_search(value_fn, real_nll, N, 2, rescore=3)
+    assert result.strategy == "exhaustive"
+    assert result.selected == [4, 5]
+    assert len(result.candidates) == 3
+
+
+def test_subset_search_beam_matches_exhaustive():
+    exhaustive, _, _ = selection.surrogate_candidates(additive_pairwise, N, 3, 1)
+    beam, _, strategy = selection.surrogate_candidates(additive_pairwise, N, 3, 1, exhaustive_limit=1, beam_width=8)
+    assert strategy == "beam"
+    assert beam[0] == exhaustive[0]
+
+
+# --------------------------------------------------------------------------- estimator on a tiny model
+
+
+@pytest.fixture()
+def tiny_engine(tiny_tokenizer, tiny_corpus, sqlite_url):
+    from dataclasses import dataclass
+
+    from compressor.engine import UtilityEngine
+    from compressor.models.adapters import BUILTIN_ADAPTERS
+    from compressor.models.handle import ModelHandle
+    from compressor.store import Store
+    from tests.conftest import make_tiny_llama
+
+    @dataclass
+    class Windows:
+        input_ids: torch.Tensor
+        fingerprint: str
+
+    model = make_tiny_llama(len(tiny_tokenizer), num_layers=6)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layers" in name and param.dim() == 2:
+                param.mul_(8.0)
+    adapter = next(a for a in BUILTIN_ADAPTERS if a.name == "llama")
+    handle = ModelHandle(model=model, tokenizer=tiny_tokenizer, adapter=adapter, source="tiny",
+                         base_fingerprint="tiny-shapley", num_original_layers=6, dtype=torch.float32)
+    ids = tiny_tokenizer(tiny_corpus, return_tensors="pt").input_ids[0][: 4 * 16].reshape(4, 16).clone()
+    windows = Windows(input_ids=ids, fingerprint="tiny-shapley-windows")
+    return lambda: UtilityEngine(handle, windows, store=Store(sqlite_url), progress=False)
+
+
+def _tiny_config(**overrides):
+    from compressor_shapley.plugin import ShapleyConfig
+
+    surrogate = SurrogateConfig(min_steps=200, max_steps=400, patience=100)
+    return ShapleyConfig(num_layers=2, budget_evaluations=30, allow_low_quality=True, surrogate=surrogate,
+                         rescore=3, **overrides)
+
+
+def test_estimator_scores_and_rerun_is_free(tiny_engine):
+    from compressor_shapley.plugin import ShapleyEstimator, estimate
+
+    config = _tiny_config()
+    settings = ShapleyEstimator(config)._settings(6, 2)
+    scores = estimate(tiny_engine(), 2, config, settings, seed=0)
+
+    assert len(scores.values) == 6
+    assert len(scores.selected) == 2
+    assert all(lo <= v <= hi for lo, v, hi in zip(scores.lower, scores.values, scores.upper))
+    assert scores.cost["evaluations"] <= 30
+    assert scores.extra["semivalue_method"] == "exact"
+
+    again = estimate(tiny_engine(), 2, config, settings, seed=0)
+    assert again.cost["evaluations"] == 0
+    assert again.selected == scores.selected
+
+
+def test_estimator_rejects_low_quality(tiny_engine):
+    from compressor_shapley.plugin import ShapleyEstimator, estimate
+
+    config = _tiny_config(allow_low_quality=False, min_r2=1.01)
+    settings = ShapleyEstimator(config)._settings(6, 2)
+    with pytest.raises(CompressorError, match="surrogate quality is below"):
+        estimate(tiny_engine(), 2, config, settings, seed=0)
+
+
+def test_estimator_drops_nonfinite_masks_together(tiny_engine, monkeypatch):
+    from compressor_shapley import plugin
+
+    engine = tiny_engine()
+    original = engine._forward_nll
+    monkeypatch.setattr(engine, "_forward_nll", lambda key: float("nan") if key.count("1") == 4 else original(key))
+    fitted = {}
+    real_fit = plugin.fit_surrogate
+
+    def spy(masks, utilities, config, seed=0):
+        fitted["masks"], fitted["utilities"] = masks, utilities
+        return real_fit(masks, utilities, config, seed)
+
+    monkeypatch.setattr(plugin, "fit_surrogate", spy)
+    config = _tiny_config(strata=[5, 4, 3])
+    scores = plugin.estimate(engine, 2, config, plugin.ShapleyEstimator(config)._settings(6, 2), seed=0)
+
+    assert scores.extra["nonfinite_masks"] > 0
+    assert len(fitted["masks"]) == len(fitted["utilities"])
+    assert (fitted["masks"].sum(1) != 4).all()
+    for mask, utility in zip(fitted["masks"], fitted["utilities"]):
+        key = "".join("1" if b else "0" for b in mask)
+        assert utility == pytest.approx(-engine.nll(key))
+
+
+def test_plot_written(tmp_path):
+    from compressor.scores import LayerScores
+    from compressor_shapley.plugin import plot_values
+
+    scores = LayerScores(method="shapley", values=[0.1, 0.5, 0.2], selected=[0], lower=[0.0, 0.4, 0.1],
+                         upper=[0.2, 0.6, 0.3])
+    path = plot_values(scores, tmp_path / "values.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plugin_registers_estimators():
+    from compressor.plugins import get_registry
+
+    registry = get_registry()
+    assert {"shapley", "kernelshap"} <= set(registry.names("estimator"))
