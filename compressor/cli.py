@@ -90,7 +90,7 @@ def plugins(as_json: bool) -> None:
         return
     table = Table(title="compressor plugins")
     for column in ("plugin", "package", "version", "components", "hooks"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for info in infos:
         table.add_row(info.name, info.package, info.version, "\n".join(info.components), "\n".join(info.hooks))
     console.print(table)

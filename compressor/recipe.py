@@ -316,13 +316,13 @@ def _raise_validation(
     for item in error.errors():
         own_loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         loc = prefix + own_loc
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             valid = _fields_at(model, tuple(p for p in own_loc[:-1] if not isinstance(p, int)))
             message = "unknown key; remove it or fix its spelling"
             if valid:
                 message += f" (valid keys: {', '.join(valid)})"
-        elif "input" in item and item["type"] != "missing":
+        elif "input" in item and item["type"] != "missing" and own_loc and not isinstance(item["input"], (dict, list)):
             message += f", got {item['input']!r}"
         problems.append(f"{source}: {_format_path(loc)}{_locate(loc, lines)}: {message}")
     raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))

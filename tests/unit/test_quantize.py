@@ -201,7 +201,7 @@ def test_dampening_schedule_steps():
 
 
 def test_singular_hessian_without_retry_names_layers(tmp_path, tiny_tokenizer, tiny_text_file):
-    # One window of 4 tokens gives Hessians of rank at most 4 for 64 or 128 input columns;
+    # One window of 4 tokens gives Hessians of rank at most 4 for 64 or 128 input columns, so
     # without dampening the Cholesky factorisation fails.
     config = {"group_size": 32, "dampening_frac": 0.0, "max_dampening_frac": 0.0}
     handle = make_handle(make_quantizable_llama(len(tiny_tokenizer)), tiny_tokenizer)

@@ -51,7 +51,7 @@ def _replace(old: str, new: str) -> str:
 
 # Each case: recipe text, then fragments the error message must contain.
 BAD_RECIPES = [
-    ("unknown top-level key", GOOD + "colour: blue\n", ["colour", "unknown key", "line 17", "valid keys"]),
+    ("unknown top-level key", GOOD + "colour: blue\n", ["colour", "unknown key", "line 16", "valid keys"]),
     ("misspelt model key", _replace("  source: some/folder\n", "  sauce: some/folder\n"), ["model.sauce", "unknown key", "line 3"]),
     ("missing model", _replace("model:\n  source: some/folder\n", ""), ["model", "Field required"]),
     ("bad dtype", _replace("  source: some/folder\n", "  source: some/folder\n  dtype: float8\n"), ["model.dtype", "line 4", "float8"]),
@@ -61,10 +61,10 @@ BAD_RECIPES = [
     ("empty stages", GOOD.split("stages:")[0] + "stages: []\n", ["stages", "at least 1"]),
     ("unknown stage kind", _replace("kind: pruner", "kind: distiller"), ["stages[1].kind", "line 14", "distiller"]),
     ("unknown plugin", _replace("plugin: reverse_order", "plugin: reverse_ordr"), ["stages[0].plugin", "line 11", "reverse_ordr", "available:", "reverse_order"]),
-    ("plugin of wrong kind", _replace("plugin: layerdrop", "plugin: reverse_order"), ["stages[1].plugin", "unknown pruner", "layerdrop"]),
-    ("unknown config key", _replace("ratio: 0.25", "ratio: 0.25\n          ration: 0.3"), ["stages[0].config.ration", "unknown key", "line 14", "ratio"]),
+    ("plugin of wrong kind", _replace("plugin: layerdrop", "plugin: param_count"), ["stages[1].plugin", "line 15", "unknown pruner 'param_count'", "layerdrop"]),
+    ("unknown config key", _replace("ratio: 0.25", "ratio: 0.25\n      ration: 0.3"), ["stages[0].config.ration", "unknown key", "line 14", "ratio"]),
     ("ratio out of range", _replace("ratio: 0.25", "ratio: 1.5"), ["stages[0].config.ratio", "line 13", "1.5"]),
-    ("ratio and num_layers", _replace("ratio: 0.25", "ratio: 0.25\n          num_layers: 2"), ["stages[0].config", "not both"]),
+    ("ratio and num_layers", _replace("ratio: 0.25", "ratio: 0.25\n      num_layers: 2"), ["stages[0].config", "not both"]),
     ("duplicate stage names", GOOD + "  - kind: pruner\n    plugin: layerdrop\n", ["both named", "layerdrop"]),
     ("bad recipe name", _replace("name: tiny", "name: my run/1"), ["name", "line 1", "letters, digits"]),
     ("empty model source", _replace("source: some/folder", "source: '  '"), ["model.source", "empty"]),
