@@ -12,8 +12,8 @@ Three things keep that cost down:
   ``ModuleList`` for the kept layers only (``ArchitectureAdapter.layer_subset``).
 * **Prefix reuse.** The full model's hidden state entering every layer is computed once.
   Layers before a mask's first removed layer would reproduce those states exactly, so a
-  mask's forward starts at that point: a pre-hook hands the cached state to the first kept
-  layer after it (or to the final norm when no later layer is kept).
+  mask's forward starts at that point. A pre-hook hands the cached state to the first kept
+  layer after it, or to the final norm when no later layer is kept.
 * **No repeats.** Each mask is evaluated at most once per engine (an in-memory dict) and
   at most once per store. Evaluations are written to the store in small batches as they
   finish, keyed by the model fingerprint, the calibration fingerprint and the mask, so a
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from compressor.store import Store
 
 log = logging.getLogger(__name__)
-
-Mask = "str | Sequence[int] | Sequence[bool] | np.ndarray"
 
 STATUS_OK = "ok"
 STATUS_NONFINITE = "nonfinite"
@@ -109,7 +107,7 @@ class UtilityEngine:
     ``batches`` is a :class:`compressor.data.TokenBatches` (``input_ids`` of shape
     [n_windows, seq_len] and a ``fingerprint``). ``store`` is an optional
     :class:`compressor.store.Store` that persists every evaluation. ``batch_size`` is the
-    number of windows per forward pass. ``cache_device`` holds the cached hidden states
+    number of windows per forward pass. ``cache_device`` stores the cached hidden states
     (default: the model's device). Their size is n_windows × seq_len × hidden × (layers + 1)
     values in the model dtype, which is 91 MB for SmolLM2 on 10×128 tokens in fp32.
     """
@@ -185,7 +183,7 @@ class UtilityEngine:
         return float(self.evaluate([mask])[0])
 
     def known(self, mask: Any) -> bool:
-        """Whether ``mask`` has been evaluated already (in this engine or in the store)."""
+        """Return whether ``mask`` has been evaluated already (in this engine or in the store)."""
         return mask_to_str(mask, self.num_layers) in self._results
 
     def evaluate(self, masks: Iterable[Any], description: str = "evaluating masks") -> np.ndarray:

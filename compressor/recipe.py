@@ -195,8 +195,8 @@ class Recipe(_Strict):
 
     name: str = Field(description="Recipe name; also the default run name.")
     description: str = Field("", description="Free text shown in reports.")
-    model: ModelSpec
-    data: DataSpec
+    model: ModelSpec = Field(description="The model to compress (see `model` below).")
+    data: DataSpec = Field(description="Calibration and held-out text (see `data` below).")
     stages: list[StageSpec] = Field(min_length=1, description="Stages, run in order.")
     output_dir: str = Field(
         "runs/{run}", description="Output folder; `{run}` is replaced by the run name."
@@ -206,8 +206,8 @@ class Recipe(_Strict):
         None, description="SQLAlchemy database URL of the store; overrides COMPRESSOR_DB."
     )
     save_model: bool = Field(True, description="Save the final model folder to `OUTPUT/model`.")
-    search: SearchSpec | None = None
-    compare: CompareSpec | None = None
+    search: SearchSpec | None = Field(None, description="Search space and objectives for `compressor search`.")
+    compare: CompareSpec | None = Field(None, description="Methods and removal targets for `compressor compare`.")
 
     @field_validator("name")
     @classmethod

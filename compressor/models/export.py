@@ -7,8 +7,9 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from compressor.errors import CompressorError
 from compressor.models.handle import ModelHandle
@@ -35,6 +36,25 @@ def is_compressed_tensors(handle: ModelHandle) -> bool:
     return bool(handle.quantization) and handle.quantization.get("format", "compressed-tensors") == "compressed-tensors"
 
 
+@contextmanager
+def config_snapshot(model: Any) -> Iterator[Path]:
+    """Point ``model.config._name_or_path`` at a folder with the model's current config.json.
+
+    llmcompressor reads the config at ``_name_or_path`` twice: ``oneshot`` checks that
+    the model is not already quantized, and its compressed ``save_pretrained`` rewrites
+    config.json from it. Pointing at the source folder would fail for a model built in
+    memory, and would undo layer removal, since that config still lists every layer.
+    """
+    original = getattr(model.config, "_name_or_path", "")
+    with tempfile.TemporaryDirectory(prefix="compressor-config-") as folder:
+        model.config.save_pretrained(folder)
+        model.config._name_or_path = folder
+        try:
+            yield Path(folder)
+        finally:
+            model.config._name_or_path = original
+
+
 def _save_weights(handle: ModelHandle, folder: Path) -> None:
     model = handle.model
     if is_compressed_tensors(handle):
@@ -44,7 +64,8 @@ def _save_weights(handle: ModelHandle, folder: Path) -> None:
             from llmcompressor.transformers.compression.compressed_tensors_utils import modify_save_pretrained
 
             modify_save_pretrained(model)
-        model.save_pretrained(str(folder), save_compressed=True)
+        with config_snapshot(model):
+            model.save_pretrained(str(folder), save_compressed=True)
         return
 
     if str(getattr(_quant_method(model), "value", _quant_method(model))) == "gguf":

@@ -10,6 +10,7 @@ length, which breaks saving or reloading. :func:`remove_layers` fixes all three.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Iterable
 
 from torch import nn
@@ -45,13 +46,34 @@ def _validate(indices: Iterable[Any], num_layers: int) -> list[int]:
     return sorted(indices)
 
 
+def _layer_numbered_entries(quantization: Any) -> list[str]:
+    """Return the module names in a quantization config's `ignore` and targets that contain a layer number."""
+    if quantization is None:
+        return []
+    data = quantization if isinstance(quantization, dict) else quantization.to_dict()
+    candidates = list(data.get("ignore") or [])
+    for group in (data.get("config_groups") or {}).values():
+        if isinstance(group, dict):
+            candidates += list(group.get("targets") or [])
+    pattern = re.compile(r"layers?\.\d+|\.h\.\d+")
+    return [name for name in candidates if isinstance(name, str) and pattern.search(name)]
+
+
 def _check_removable(handle: ModelHandle) -> None:
     config = handle.model.config
-    if handle.quantization or getattr(config, "quantization_config", None) is not None:
-        raise CompressorError(
-            f"model {handle.source!r} is already quantized; remove layers before quantizing, because "
-            "a quantization config names modules by layer number and would no longer match"
-        )
+    quantization = getattr(config, "quantization_config", None)
+    if handle.quantization or quantization is not None:
+        # A compressed-tensors model keeps working after removal as long as its quantization
+        # config does not name modules by layer number (an `ignore` entry such as
+        # `model.layers.3.mlp.down_proj` would then point at the wrong layer).
+        fmt = (handle.quantization or {}).get("format", "compressed-tensors")
+        named = _layer_numbered_entries(quantization)
+        if fmt != "compressed-tensors" or named:
+            reason = f"its quantization config names layers by number ({', '.join(named[:3])})" if named else f"its {fmt!r} checkpoint format is not supported for removal"
+            raise CompressorError(
+                f"cannot remove layers from quantized model {handle.source!r}: {reason}; "
+                "remove layers before quantizing instead"
+            )
     if getattr(config, "scale_attn_by_inverse_layer_idx", False):
         # GPT-2 computes this scale from layer_idx when the model is built. Reloading the
         # renumbered model would scale the moved layers differently from the model in memory.

@@ -1,17 +1,25 @@
 """Zero- and few-shot accuracy through lm-eval, on the model in memory.
 
 The model is wrapped in lm-eval's ``HFLM`` as it is, so a pruned or quantized model is
-scored without a save and reload. BIG-bench tasks are built as local lm-eval tasks from
-the ``bigbench:<task>`` asset (see :mod:`compressor_eval.tasks`), so they run offline.
-Any other name is passed to lm-eval as one of its own tasks, which usually needs the
-Hugging Face hub to download its data.
+scored without a save and reload. Three kinds of task names are accepted:
+
+- ``sotu_cloze`` and ``brown_cloze`` (the default): derived next-sentence cloze tasks built
+  from the built-in corpora (see :mod:`compressor_eval.tasks.cloze`). They run offline and
+  are not published benchmarks. How they were built is stored with the metrics.
+- ``social_iqa``, ``physical_intuition`` and ``bigbench:<task>``: BIG-bench multiple-choice
+  tasks converted from ``<task>/task.json``. Their data comes from ``bigbench_dir`` (the
+  ``bigbench/benchmark_tasks`` folder of a BIG-bench checkout) or a pulled ``bigbench``
+  asset. The asset's release, bigbench 1.0.0, is not on PyPI (only 0.0.1, without task
+  files), so in practice they need a checkout.
+- any other name is passed to lm-eval as one of its own tasks, which usually needs the
+  Hugging Face hub to download its data.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +28,25 @@ from pydantic import Field, field_validator
 from compressor.components import StageResult, StrictConfig
 from compressor.errors import CompressorError
 from compressor_eval.tasks import BIGBENCH_TASKS, build_bigbench_task
+from compressor_eval.tasks.cloze import CLOZE_TASKS, build_cloze_task
 
 log = logging.getLogger(__name__)
 
 BIGBENCH_PREFIX = "bigbench:"
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+DEFAULT_TASKS = ("sotu_cloze", "brown_cloze")
 
 
 class LmEvalConfig(StrictConfig):
     """Config of the ``lm_eval`` evaluator."""
 
     tasks: list[str] = Field(
-        default_factory=lambda: list(BIGBENCH_TASKS),
+        default_factory=lambda: list(DEFAULT_TASKS),
         min_length=1,
-        description=f"Tasks to run. {', '.join(BIGBENCH_TASKS)} and `bigbench:<task>` are BIG-bench multiple-choice "
-        "tasks built locally from the bigbench asset; any other name is an lm-eval task (its data usually "
-        "needs the Hugging Face hub).",
+        description=f"Tasks to run. {', '.join(CLOZE_TASKS)} are derived next-sentence cloze tasks built offline "
+        f"from the built-in corpora (4 choices, chance 0.25). {', '.join(BIGBENCH_TASKS)} and `bigbench:<task>` are "
+        "BIG-bench multiple-choice tasks, which need `bigbench_dir`. Any other name is an lm-eval task (its data "
+        "usually needs the Hugging Face hub).",
     )
     limit: int | None = Field(
         None, ge=1, description="Examples per task, taken from the start of each task; all examples when unset."
@@ -57,7 +68,7 @@ class LmEvalConfig(StrictConfig):
     def _names_not_empty(cls, tasks: list[str]) -> list[str]:
         for name in tasks:
             if not name.strip() or name.strip() == BIGBENCH_PREFIX:
-                raise ValueError(f"task name {name!r} is empty; give a task such as social_iqa or bigbench:winowhy")
+                raise ValueError(f"task name {name!r} is empty; give a task such as sotu_cloze or bigbench:winowhy")
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks {tasks} list a task twice; list each task once")
         return tasks
@@ -65,11 +76,16 @@ class LmEvalConfig(StrictConfig):
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A task under its config name (``key``, the metric prefix) and its lm-eval name."""
+    """A task under its config name (``key``, the metric prefix) and its lm-eval name.
+
+    ``cloze_info`` describes how a derived cloze task was built, once it is.
+    """
 
     key: str
     lm_eval_name: str
     bigbench_task: str | None = None
+    cloze_task: str | None = None
+    cloze_info: dict[str, Any] | None = field(default=None, compare=False)
 
 
 def resolve_tasks(names: list[str]) -> list[TaskRef]:
@@ -78,6 +94,8 @@ def resolve_tasks(names: list[str]) -> list[TaskRef]:
         if name.startswith(BIGBENCH_PREFIX):
             task = name[len(BIGBENCH_PREFIX):]
             refs.append(TaskRef(key=task.replace("/", "_"), lm_eval_name="", bigbench_task=task))
+        elif name in CLOZE_TASKS:
+            refs.append(TaskRef(key=name, lm_eval_name="", cloze_task=name))
         elif name in BIGBENCH_TASKS:
             refs.append(TaskRef(key=name, lm_eval_name="", bigbench_task=name))
         else:
@@ -96,7 +114,16 @@ def find_task_json(bigbench_task: str, bigbench_dir: str | None) -> Path:
     if bigbench_dir is None:
         from compressor.assets import asset_path
 
-        return Path(asset_path(BIGBENCH_PREFIX + bigbench_task))
+        try:
+            return Path(asset_path(BIGBENCH_PREFIX + bigbench_task))
+        except CompressorError as exc:
+            raise CompressorError(
+                f"BIG-bench task {bigbench_task!r} needs a BIG-bench checkout: set bigbench_dir to its "
+                "`bigbench/benchmark_tasks` folder (whose subfolders are task names holding task.json). "
+                "The bigbench asset cannot provide it, because the release with task files, bigbench 1.0.0, "
+                "is not on PyPI (only 0.0.1, without tasks). For offline accuracy without a checkout use "
+                f"the tasks {', '.join(CLOZE_TASKS)}. Asset error: {exc}"
+            ) from exc
 
     path = Path(bigbench_dir).expanduser() / bigbench_task / "task.json"
     if not path.is_file():
@@ -108,9 +135,13 @@ def find_task_json(bigbench_task: str, bigbench_dir: str | None) -> Path:
 
 
 def prepare_tasks(refs: list[TaskRef], task_dir: Path, bigbench_dir: str | None = None) -> list[TaskRef]:
-    """Build the local lm-eval task of every BIG-bench reference; return the refs with lm-eval names."""
+    """Build the local lm-eval task of every BIG-bench and cloze reference; return the refs with lm-eval names."""
     prepared = []
     for ref in refs:
+        if ref.cloze_task is not None:
+            name, info = build_cloze_task(CLOZE_TASKS[ref.cloze_task], task_dir)
+            prepared.append(replace(ref, lm_eval_name=name, cloze_info=info))
+            continue
         if ref.bigbench_task is None:
             prepared.append(ref)
             continue
@@ -152,7 +183,7 @@ def run_lm_eval(
     if missing:
         raise CompressorError(
             f"lm-eval task(s) {missing} not found among lm-eval's tasks or in {[str(p) for p in include_path]}; "
-            f"check the spelling, use one of {', '.join(BIGBENCH_TASKS)} or bigbench:<task>, or add the folder "
+            f"check the spelling, use one of {', '.join([*CLOZE_TASKS, *BIGBENCH_TASKS])} or bigbench:<task>, or add the folder "
             "of your task YAML to include_path"
         )
 
@@ -196,11 +227,13 @@ def _collect(output: dict[str, Any], refs: list[TaskRef]) -> dict[str, Any]:
             "n_examples": samples.get("effective"),
             "n_examples_total": samples.get("original"),
         }
+        if ref.cloze_info is not None:
+            tasks[ref.key]["derived_task"] = ref.cloze_info
     return {"metrics": metrics, "tasks": tasks}
 
 
 class LmEvalEvaluator:
-    """Accuracy on lm-eval tasks, with BIG-bench multiple-choice tasks built locally."""
+    """Accuracy on lm-eval tasks, with the cloze and BIG-bench multiple-choice tasks built locally."""
 
     def __init__(self, config: LmEvalConfig):
         self.config = config

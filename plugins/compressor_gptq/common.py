@@ -6,9 +6,7 @@ quantize or save fails in seconds with the layers and values involved.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -69,13 +67,13 @@ def check_weight_config(
     if config.group_size is not None:
         bad = [(name, module.in_features) for name, module in targets if module.in_features % config.group_size]
         if bad:
-            shown = ", ".join(f"{name} ({features})" for name, features in bad[:8])
+            listed = ", ".join(f"{name} ({features})" for name, features in bad[:8])
             more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
             features = sorted({features for _, features in bad})
             hint = _divisor_hint(features, config.group_size)
             raise CompressorError(
                 f"group_size={config.group_size} does not divide the in-features of {len(bad)} Linear "
-                f"layers: {shown}{more}. {hint} Or add these layers to `ignore`, or set group_size "
+                f"layers: {listed}{more}. {hint} Or add these layers to `ignore`, or set group_size "
                 "to null for one scale per output channel."
             )
     return targets
@@ -131,25 +129,6 @@ def size_metrics(folder: Path, params: int, seconds: float) -> dict[str, float]:
         "bits_per_param": 8.0 * weight_bytes / params,
         "seconds": seconds,
     }
-
-
-@contextlib.contextmanager
-def config_snapshot(model: Any) -> Iterator[Path]:
-    """Point ``model.config._name_or_path`` at a folder with the model's current config.json.
-
-    llmcompressor reads the config at ``_name_or_path`` twice: ``oneshot`` checks that
-    the model is not already quantized, and its compressed ``save_pretrained`` rewrites
-    config.json from it. Pointing at the source folder would fail for a model built in
-    memory, and would undo layer removal, since that config still lists every layer.
-    """
-    original = getattr(model.config, "_name_or_path", "")
-    with tempfile.TemporaryDirectory(prefix="compressor-config-") as folder:
-        model.config.save_pretrained(folder)
-        model.config._name_or_path = folder
-        try:
-            yield Path(folder)
-        finally:
-            model.config._name_or_path = original
 
 
 def reload_quantized(folder: Path, handle: "ModelHandle") -> torch.nn.Module:

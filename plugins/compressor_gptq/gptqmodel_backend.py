@@ -29,12 +29,13 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 GPTQMODEL_VERSION = "7.6.0"
 # GPTQModel's worker pool fails on a 2-core machine unless the worker count is set.
 CPU_WORKERS_ENV = "GPTQMODEL_CPU_WORKERS"
-# Additive step of GPTQModel's own dampening recovery, which stops below 1.0.
+# Additive step of GPTQModel's own dampening recovery. That recovery stops below 1.0, not at
+# max_dampening_frac, which only decides whether it is enabled.
 DAMP_AUTO_INCREMENT = 0.0025
 
 
 def require_gptqmodel() -> None:
-    """Raise a CompressorError that says how to install GPTQModel when it cannot be imported."""
+    """Raise a CompressorError with install instructions when GPTQModel cannot be imported."""
     if importlib.util.find_spec("gptqmodel") is None:
         raise CompressorError(
             "the gptqmodel quantizer needs the GPTQModel package, which is not installed; install it "
@@ -94,8 +95,8 @@ def quantize_gptqmodel(handle: "ModelHandle", input_ids: torch.Tensor, config: G
     with tempfile.TemporaryDirectory(prefix="float-", dir=folder.parent) as float_folder:
         save_model(handle, float_folder)
         model = GPTQModel.load(float_folder, quantize_config, device="cpu")
-        # NOTE: GPTQModel 7.6.0 raises its own exception types when a Hessian stays singular;
-        # they are not mapped to a CompressorError here because this path was not run on this machine.
+        # NOTE: this call was not run here, because GPTQModel is not installed in the test environment.
+        # Its own error for a Hessian that stays singular is not mapped to a CompressorError.
         model.quantize(calibration, batch_size=1, tokenizer=handle.tokenizer)
         model.save(str(folder))
     if handle.tokenizer is not None:

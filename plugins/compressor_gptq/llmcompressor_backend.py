@@ -17,7 +17,7 @@ from pydantic import PrivateAttr
 
 from compressor.errors import CompressorError
 
-from .common import config_snapshot
+from compressor.models.export import config_snapshot
 from .config import GPTQConfig, WeightQuantConfig
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,9 @@ def save_compressed(model: Any, tokenizer: Any, folder: Path) -> None:
 
 
 def hessian_error(failure: HessianFailure, config: GPTQConfig, n_samples: int, seq_len: int) -> CompressorError:
-    shown = ", ".join(failure.modules[:8]) + (f" and {len(failure.modules) - 8} more" if len(failure.modules) > 8 else "")
+    listed = ", ".join(failure.modules[:8]) + (f" and {len(failure.modules) - 8} more" if len(failure.modules) > 8 else "")
     return CompressorError(
-        f"GPTQ failed: the Hessian of {len(failure.modules)} layers ({shown}) is not positive definite, "
+        f"GPTQ failed: the Hessian of {len(failure.modules)} layers ({listed}) is not positive definite, "
         f"even with dampening_frac={failure.dampening_frac:g}, after calibrating on {n_samples} windows of "
         f"{seq_len} tokens. Use more calibration samples (n_samples) or longer windows (seq_len), "
         f"raise max_dampening_frac (now {config.max_dampening_frac:g}), or add these layers to `ignore`."

@@ -1,10 +1,10 @@
 """Per-layer semivalues of a cheap utility (the surrogate), exact or by Monte Carlo.
 
 A semivalue of layer i is a weighted mean of marginal contributions
-v(S ∪ {i}) − v(S) over coalitions S of kept layers that exclude i. All three kinds here
-can be written as an average over *base masks* m: draw a kept count c from a
-distribution q, draw m uniformly among masks that keep c layers, and average
-v(m with i kept) − v(m with i removed).
+v(S ∪ {i}) − v(S) over coalitions S of kept layers that exclude i. Each kind here is an
+average over *base masks* m. Draw a kept count c from a distribution q and draw m
+uniformly among masks that keep c layers. Then average v(m with i kept) − v(m with i
+removed).
 
 * ``shapley``: q uniform on 0..L. Then |S| is uniform on 0..L−1, the Shapley weights.
 * ``banzhaf``: q binomial(L, 1/2), that is, m uniform over all 2^L masks.

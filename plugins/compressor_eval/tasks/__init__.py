@@ -1,9 +1,10 @@
-"""Local lm-eval tasks built from BIG-bench multiple-choice ``task.json`` files.
+"""Local lm-eval multiple-choice tasks: BIG-bench conversions and derived cloze tasks.
 
 A BIG-bench example is ``{"input": str, "target_scores": {choice: score}}``. Each one
 becomes a JSONL line ``{"query", "choices", "label"}`` in the compressor cache, and a
-task YAML next to it (the shared settings of ``bigbench_mc.yaml`` plus the task name and
-the JSONL's absolute path) lets lm-eval load it offline with ``dataset_path: json``.
+task YAML next to it (the shared settings of ``multiple_choice.yaml`` plus the task name
+and the JSONL's absolute path) lets lm-eval load it offline with ``dataset_path: json``.
+The derived cloze tasks of :mod:`compressor_eval.tasks.cloze` are written the same way.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from compressor.errors import CompressorError
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).with_name("bigbench_mc.yaml")
+TEMPLATE = Path(__file__).with_name("multiple_choice.yaml")
 
-# Default tasks: BIG-bench tasks on which SmolLM2-135M-Instruct was found above chance in
+# BIG-bench tasks with a short name: SmolLM2-135M-Instruct was found above chance on them in
 # zero-shot, length-normalised log-likelihood scoring (social_iqa 0.447 against 0.336,
 # physical_intuition 0.321 against 0.255). Any other multiple-choice task is reachable as
-# `bigbench:<task>`.
+# `bigbench:<task>`. All of them need a BIG-bench checkout (see compressor_eval.lmeval).
 # NOTE: those scores came from an earlier scoring script, not from these task files, whose
 # prompt format may differ.
 BIGBENCH_TASKS = ("social_iqa", "physical_intuition")
