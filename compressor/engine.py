@@ -199,6 +199,10 @@ class UtilityEngine:
         else:
             todo = list(keys)
         self.stats["cache_hits"] += len(keys) - len(todo)
+        if todo and self.reuse_prefix and self._prefix_states is None:
+            # Caching the prefix states runs the full model, which also evaluates the full mask.
+            self._capture_prefix_states()
+            todo = [k for k in todo if k not in self._results]
 
         fresh: list[float] = []
         try:
@@ -316,6 +320,7 @@ class UtilityEngine:
         self.stats["token_layers"] += ids.numel() * self.num_layers
         return _summed_nll(logits, ids)
 
+    @torch.inference_mode()
     def _capture_prefix_states(self) -> None:
         """Run the full model once per window, keeping each layer's input hidden state.
 

@@ -224,8 +224,8 @@ def evaluate_perplexity(model: Any, tokenizer: Any, spec: TextSpec, config: Perp
     windows = plan_windows(int(stream.numel()), seq_len, config.mode, bos_id is not None,
                            stride if config.mode == "sliding" else None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    log.info("perplexity on %s: %d tokens in %d %s windows of %d", describe_source(spec), stream.numel(),
-             len(windows), config.mode, seq_len)
+    log.info("perplexity on %s (%s mode): %d tokens in %d windows of %d", describe_source(spec), config.mode,
+             stream.numel(), len(windows), seq_len)
 
     nll_sum, n_tokens = _score_with_progress(model, stream, windows, bos_id, config.batch_size, pad_id)
     nll = nll_sum / n_tokens

@@ -85,10 +85,16 @@ class ShapleyConfig(TargetConfig):
         20, ge=1, le=22, description="Enumerate all 2^L coalitions on the surrogate up to this many layers."
     )
     bootstrap: int = Field(200, ge=10, description="Bootstrap resamples for the value intervals.")
-    selection: Literal["one_shot", "iterative", "subset_search"] | None = Field(
+    selection: Literal["one_shot", "iterative", "subset_search", "active"] | None = Field(
         None, description="`one_shot` (paper): lowest values. `iterative`: re-estimate after each removal. "
-        "`subset_search` (cpu): best k-subset by surrogate, re-scored on the real model.",
+        "`subset_search`: best k-subset by surrogate, re-scored on the real model. `active` (cpu): part of "
+        "the budget samples the strata, the rest goes to rounds that refit the surrogate and evaluate its "
+        "best k-subsets and one-swap neighbours of the best set so far on the real model.",
     )
+    initial_fraction: float = Field(
+        0.5, gt=0, le=1, description="`active`: share of the sampling budget spent on stratified masks before the rounds."
+    )
+    active_rounds: int = Field(4, ge=1, description="`active`: number of refit-and-evaluate rounds.")
     rescore: int = Field(8, ge=1, description="Candidates re-scored on the real model by `subset_search`.")
     beam_width: int = Field(64, ge=1, description="Beam width of `subset_search` when enumeration is too large.")
     batch_size: int = Field(8, ge=1, description="Calibration windows per forward pass.")
@@ -96,9 +102,14 @@ class ShapleyConfig(TargetConfig):
     plot: bool = Field(True, description="Write a bar chart of the values (PNG) as an artifact.")
 
 
-def sleb_cost(num_layers: int, count: int) -> int:
-    """Real evaluations greedy SLEB makes to remove ``count`` of ``num_layers`` layers."""
-    return sum(num_layers - r for r in range(count))
+def sleb_cost(num_layers: int, count: int, protected: int = 2) -> int:
+    """Real evaluations greedy SLEB makes to remove ``count`` of ``num_layers`` layers.
+
+    SLEB tries every remaining unprotected layer in each of its ``count`` rounds (by
+    default the first and last layers are protected) and also runs the full model once.
+    """
+    candidates = max(num_layers - protected, count)
+    return sum(candidates - r for r in range(count)) + 1
 
 
 class ShapleyEstimator:
@@ -113,13 +124,15 @@ class ShapleyEstimator:
         strata = (
             sampling.validate_strata(c.strata, num_layers) if c.strata
             else sampling.paper_strata(num_layers) if paper
-            else sampling.default_strata(num_layers, count)
+            else sampling.focused_strata(num_layers, count)
         )
-        selection_kind = c.selection or ("one_shot" if paper else "subset_search")
+        selection_kind = c.selection or ("one_shot" if paper else "active")
         # Real evaluations outside the sampled masks: the full model, and in subset search
         # the re-scored candidates plus the one-shot choice added to them.
         overhead = 1 + (c.rescore + 1 if selection_kind == "subset_search" else 0)
         rescore = c.rescore if selection_kind == "subset_search" else 0
+        if selection_kind == "active":
+            overhead = 1
         if c.samples_per_stratum is not None:
             budget = c.samples_per_stratum * len(strata)
         elif c.budget_evaluations is not None:
@@ -134,8 +147,14 @@ class ShapleyEstimator:
                 f"to at least {10 + overhead}"
             )
         surrogate = c.surrogate or (SurrogateConfig(**PAPER_SURROGATE) if paper else SurrogateConfig())
+        active_budget = 0
+        if selection_kind == "active":
+            initial = max(10, int(round(c.initial_fraction * budget)))
+            active_budget = max(0, budget - initial)
+            budget = initial
         return dict(
             strata=strata, selection=selection_kind, budget=budget, surrogate=surrogate, rescore=rescore,
+            active_budget=active_budget,
             utility=c.utility or ("ppl_ratio" if paper else "neg_nll"),
         )
 
@@ -249,7 +268,38 @@ def estimate(engine: UtilityEngine, count: int, config: ShapleyConfig, settings:
 
     extra: dict[str, Any] = {}
     kind = settings["selection"]
-    if kind == "one_shot":
+    if kind == "active" and settings["active_budget"] > 0:
+        rounds = min(config.active_rounds, settings["active_budget"])
+        per_round = settings["active_budget"] // rounds
+        fits: list = []
+
+        def refit(round_masks: list[str], round_nll: np.ndarray, round_index: int):
+            ok = np.isfinite(round_nll)
+            fitted = fit_surrogate(masks_to_array([m for m, good in zip(round_masks, ok) if good]),
+                                   engine.utility(round_nll[ok], settings["utility"]), settings["surrogate"],
+                                   seed=seed + 1 + round_index)
+            fits.append(fitted)
+            return fitted
+
+        active = selection.active_search(
+            refit, engine.evaluate, kept_masks, nll[finite], num_layers, count, rounds=rounds,
+            per_round=per_round, beam_width=config.beam_width,
+        )
+        selected = active.selected
+        extra["active_search"] = {"rounds": active.rounds, "evaluated": len(active.evaluated)}
+        extra["masks_active"] = len(active.evaluated)
+        if fits:
+            # Report values of the last surrogate, which has seen every evaluated mask.
+            last = fits[-1]
+            result = semivalues(lambda batch: last(batch), num_layers, **sv_kwargs)
+            values, lower, upper = result.values, result.lower, result.upper
+            extra["final_surrogate_quality"] = last.quality
+        if not selected:
+            log.warning("active search found no finite set; falling back to the lowest values")
+            selected = selection.one_shot(values, count)
+    elif kind == "active":
+        selected = selection.one_shot(values, count)
+    elif kind == "one_shot":
         selected = selection.one_shot(values, count)
     elif kind == "iterative":
         order, _ = selection.iterative(lambda removed: semivalues(value_fn, num_layers, fixed_off=removed,
@@ -275,7 +325,9 @@ def estimate(engine: UtilityEngine, count: int, config: ShapleyConfig, settings:
     extra.update(
         preset=config.preset, utility=settings["utility"], strata=settings["strata"],
         semivalue=config.semivalue, semivalue_method=result.method, selection=kind,
-        masks_sampled=len(masks), nonfinite_masks=int((~finite).sum()), cache_hits=int(engine.stats["cache_hits"] - before.get("cache_hits", 0)),
+        masks_sampled=len(masks), masks_requested=1 + len(masks) + int(extra.get("masks_active", 0))
+        + (len(extra["subset_search"]["candidates"]) if "subset_search" in extra else 0),
+        nonfinite_masks=int((~finite).sum()), cache_hits=int(engine.stats["cache_hits"] - before.get("cache_hits", 0)),
         full_nll=full_nll, surrogate_quality=quality, surrogate_low_quality=low,
     )
     return LayerScores(

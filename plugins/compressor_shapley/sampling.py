@@ -40,6 +40,20 @@ def default_strata(num_layers: int, num_remove: int, count: int = 5) -> list[int
     return _clean_strata([int(round(k)) for k in kept], num_layers)
 
 
+def focused_strata(num_layers: int, num_remove: int) -> list[int]:
+    """Return kept-layer counts around the target: L−1, L−k+2, L−k and L−k−2.
+
+    ``num_remove`` is the removal target k. Single-layer removals (L−1 kept) show each
+    layer's own cost. The other three strata surround the size the selection is about,
+    so the surrogate is trained where it is used.
+    """
+    if num_layers < 2:
+        raise CompressorError(f"a model with {num_layers} decoder layer has no layer to score")
+    k = max(1, num_remove)
+    kept = [num_layers - 1, num_layers - k + 2, num_layers - k, num_layers - k - 2]
+    return _clean_strata([min(num_layers - 1, max(1, c)) for c in kept], num_layers)
+
+
 def _clean_strata(kept: Sequence[int], num_layers: int) -> list[int]:
     out = sorted({int(k) for k in kept}, reverse=True)
     bad = [k for k in out if not 0 <= k <= num_layers]

@@ -118,3 +118,117 @@ def subset_search(
     else:
         best = min(finite, key=lambda i: (nll[i], i))
     return SubsetSearchResult(selected=list(candidates[best]), strategy=strategy, candidates=rows)
+
+
+def _mask_of(num_layers: int, removed: Sequence[int]) -> str:
+    removed = set(int(i) for i in removed)
+    return "".join("0" if i in removed else "1" for i in range(num_layers))
+
+
+def swap_neighbours(removed: Sequence[int], num_layers: int) -> list[tuple[int, ...]]:
+    """Every set made from ``removed`` by putting one removed layer back and removing one kept layer."""
+    removed = sorted(int(i) for i in removed)
+    kept = [i for i in range(num_layers) if i not in removed]
+    out = []
+    for back in removed:
+        rest = [i for i in removed if i != back]
+        for new in kept:
+            out.append(tuple(sorted(rest + [new])))
+    return out
+
+
+@dataclass
+class ActiveSearchResult:
+    """Outcome of :func:`active_search`: the chosen set and the masks it evaluated."""
+
+    selected: list[int]
+    rounds: list[dict] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)
+
+
+def active_search(
+    fit: Callable[[list[str], np.ndarray, int], Callable[[np.ndarray], np.ndarray]],
+    real_nll: Callable[[list[str]], np.ndarray],
+    masks: Sequence[str],
+    nll: Sequence[float],
+    num_layers: int,
+    count: int,
+    rounds: int,
+    per_round: int,
+    beam_width: int = 64,
+    exhaustive_limit: int = 200_000,
+) -> ActiveSearchResult:
+    """Look for the best ``count``-layer removal set by alternating surrogate fits and real evaluations.
+
+    ``masks`` and ``nll`` are the masks already evaluated on the real model. Each round
+    refits the surrogate on every evaluated mask (``fit(masks, nll, round)`` returns a
+    function of bool masks [n, L] giving predicted utilities, higher is better), then
+    evaluates ``per_round`` new removal sets of size ``count`` on the real model. Half of
+    them are the surrogate's best sets overall (beam search or enumeration); the other
+    half are the surrogate's best one-swap neighbours of the best set found so far on the
+    real model, which makes the later rounds a local search guided by the surrogate. The
+    set with the lowest real NLL among every evaluated set of size ``count`` wins; ``selected``
+    is empty when none of them gave a finite loss.
+    """
+    masks = list(masks)
+    nll_list = [float(v) for v in nll]
+    seen = set(masks)
+    report: list[dict] = []
+    new_masks: list[str] = []
+
+    def best_real() -> tuple[list[int], float] | None:
+        pool = [(v, m) for m, v in zip(masks, nll_list)
+                if m.count("0") == count and np.isfinite(v)]
+        if not pool:
+            return None
+        value, mask = min(pool)
+        return [i for i, c in enumerate(mask) if c == "0"], value
+
+    for round_index in range(rounds):
+        value_fn = fit(masks, np.asarray(nll_list, dtype=float), round_index)
+        wanted = per_round
+        global_sets, _, _ = surrogate_candidates(
+            value_fn, num_layers, count, top=max(4 * wanted, beam_width), exhaustive_limit=exhaustive_limit,
+            beam_width=beam_width,
+        )
+        local_sets: list[tuple[int, ...]] = []
+        current = best_real()
+        if current is not None:
+            neighbours = swap_neighbours(current[0], num_layers)
+            scores = value_fn(np.stack([removal_mask(num_layers, s) for s in neighbours]))
+            local_sets = [neighbours[i] for i in np.argsort(-scores, kind="stable")]
+
+        chosen: list[str] = []
+
+        def take(pool: list[tuple[int, ...]], limit: int) -> None:
+            for s in pool:
+                if len(chosen) >= limit:
+                    return
+                mask = _mask_of(num_layers, s)
+                if mask not in seen:
+                    seen.add(mask)
+                    chosen.append(mask)
+
+        take(local_sets, wanted // 2)
+        take(global_sets, wanted)
+        take(local_sets, wanted)
+        if not chosen:
+            break
+        values = np.asarray(real_nll(chosen), dtype=float)
+        masks.extend(chosen)
+        nll_list.extend(values.tolist())
+        new_masks.extend(chosen)
+        found = best_real()
+        report.append({
+            "round": round_index + 1, "evaluated": len(chosen),
+            "best_nll": None if found is None else float(found[1]),
+            "best_removed": None if found is None else found[0],
+        })
+        log.info("active round %d: %d sets evaluated, best calibration NLL %s", round_index + 1, len(chosen),
+                 "n/a" if found is None else f"{found[1]:.4f}")
+
+    found = best_real()
+    if found is None:
+        log.warning("no evaluated set of %d removed layers gave a finite calibration loss", count)
+        return ActiveSearchResult(selected=[], rounds=report, evaluated=new_masks)
+    return ActiveSearchResult(selected=sorted(found[0]), rounds=report, evaluated=new_masks)

