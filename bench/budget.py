@@ -52,6 +52,16 @@ class HeldoutPerplexity:
         return self._cache[key]
 
 
+def supported_selections() -> set[str]:
+    """Return the `selection` values that the installed shapley estimator accepts."""
+    import typing
+
+    from compressor_shapley.plugin import ShapleyConfig
+
+    annotation = ShapleyConfig.model_fields["selection"].annotation
+    return {value for arg in typing.get_args(annotation) for value in typing.get_args(arg)}
+
+
 def _run_one(engine: UtilityEngine, count: int, budget: int, semivalue: str | None, selection: str | None,
              base_masks: int, ratio: float) -> dict[str, Any]:
     from compressor_shapley.plugin import ShapleyConfig, ShapleyEstimator, estimate
@@ -91,7 +101,11 @@ def run_budget_curve(settings: Settings, handle, batches, heldout_spec, store_ur
                          settings.budget_ratio)
     reference["ppl_token"] = perplexity(reference["selected"])
 
-    grid = [(b, s, k) for b in settings.budgets for s in settings.semivalues for k in settings.selections]
+    supported = supported_selections()
+    grid = [(b, s, k) for b in settings.budgets for s, k in settings.budget_grid if k in supported]
+    skipped = sorted({k for _, k in settings.budget_grid if k not in supported})
+    if skipped:
+        log.warning("the shapley estimator has no selection %s; those rows are skipped", skipped)
     rows = []
     with Progress(TextColumn("budget curve: {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
@@ -113,4 +127,5 @@ def run_budget_curve(settings: Settings, handle, batches, heldout_spec, store_ur
     return {
         "ratio": settings.budget_ratio, "layers_removed": count, "reference": reference, "rows": rows,
         "distinct_masks_evaluated": int(engine.stats["evaluations"]), "seconds": time.perf_counter() - start,
+        "skipped_selections": skipped,
     }

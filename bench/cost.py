@@ -74,7 +74,8 @@ def paper_style_masks(num_layers: int, total: int, seed: int) -> tuple[list[str]
     per_stratum = max(1, total // len(strata))
     masks: list[str] = []
     for kept in strata:
-        repeats = int(round(shares[kept] * per_stratum))
+        # At least one distinct mask per stratum, so every repeat has a mask to copy.
+        repeats = min(int(round(shares[kept] * per_stratum)), per_stratum - 1)
         distinct: list[str] = []
         while len(distinct) < per_stratum - repeats:
             mask = _random_mask(rng, num_layers, kept)

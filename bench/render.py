@@ -139,19 +139,24 @@ def _budget(section: dict[str, Any]) -> list[str]:
         f"all budgets: {section['distinct_masks_evaluated']} distinct masks evaluated in "
         f"{section['seconds'] / 60:.1f} min. Reference: {ref['budget']} evaluations, semivalue "
         f"`{ref['semivalue']}`, selection `{ref['selection']}`, layers {ref['selected']}, held-out ppl "
-        f"{_num(ref['ppl_token'])}. Jaccard = |A ∩ B| / |A ∪ B| of the removed layers.", "",
+        f"{_num(ref['ppl_token'])}. Jaccard = |A ∩ B| / |A ∪ B| of the removed layers. \"new evaluations\" "
+        "counts the masks a row added to the store, which the reference filled first.", "",
     ]
     body = []
     for row in section["rows"]:
         if "error" in row:
             body.append([str(row["budget"]), row["semivalue"], row["selection"], f"failed: {row['error']}",
-                         "", "", "", ""])
+                         "", "", "", "", "", ""])
             continue
         body.append([str(row["budget"]), row["semivalue"], row["selection"], _num(row["ppl_token"]),
                      f"{row['jaccard_vs_reference']:.2f}", _num(row["surrogate_r2"], 3),
-                     _num(row["surrogate_spearman"], 3), str(row["selected"])])
-    lines += _table(["budget", "semivalue", "selection", "held-out ppl", "Jaccard vs reference", "surrogate R²",
-                     "surrogate Spearman", "layers removed"], body)
+                     _num(row["surrogate_spearman"], 3), _num(row["new_evaluations"]), _num(row["seconds"], 3),
+                     str(row["selected"])])
+    lines += _table(["evaluations", "semivalue", "selection", "held-out ppl", "Jaccard vs reference", "surrogate R²",
+                     "surrogate Spearman", "new evaluations", "s", "layers removed"], body)
+    if section.get("skipped_selections"):
+        lines += [f"Not run, because the installed estimator has no such selection: "
+                  f"{', '.join(section['skipped_selections'])}.", ""]
     return lines
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from compressor.assets_cli import assets
 from compressor.errors import CompressorError
 
 console = Console()
@@ -202,16 +203,7 @@ def dashboard(study: str | None, host: str, port: int, db: str | None) -> None:
     serve_dashboard(db_url=db, study_name=study, host=host, port=port, console=console)
 
 
-def _attach_assets() -> None:
-    try:
-        from compressor.assets_cli import assets
-    except ImportError as exc:  # pragma: no cover - only while the package is half installed
-        log.debug("assets commands unavailable: %s", exc)
-        return
-    main.add_command(assets)
-
-
-_attach_assets()
+main.add_command(assets)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """Which model to load and how."""
+    """The model to load, with its dtype and device."""
 
     source: str = Field(
         description="Built-in asset name (see `compressor assets list`), Hugging Face hub id, "
@@ -107,7 +107,7 @@ class SearchParam(_Strict):
     high: float | None = Field(None, description="Upper bound of a numeric range (inclusive).")
     step: float | None = Field(None, gt=0, description="Step of a numeric range.")
     log: bool = Field(False, description="Sample the range on a log scale.")
-    int: bool = Field(False, description="The range holds integers.")
+    int: bool = Field(False, description="The range contains only integers.")
 
     @model_validator(mode="after")
     def _check(self) -> "SearchParam":
@@ -276,7 +276,12 @@ def _line_map(text: str) -> dict[Path_, int]:
 def _format_path(path: Path_) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif out:
+            out += f".{part}"
+        else:
+            out = str(part)
     return out or "(top level)"
 
 

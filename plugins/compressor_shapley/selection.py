@@ -126,7 +126,7 @@ def _mask_of(num_layers: int, removed: Sequence[int]) -> str:
 
 
 def swap_neighbours(removed: Sequence[int], num_layers: int) -> list[tuple[int, ...]]:
-    """Every set made from ``removed`` by putting one removed layer back and removing one kept layer."""
+    """List every set made from ``removed`` by putting one removed layer back and removing one kept layer."""
     removed = sorted(int(i) for i in removed)
     kept = [i for i in range(num_layers) if i not in removed]
     out = []
@@ -157,17 +157,18 @@ def active_search(
     per_round: int,
     beam_width: int = 64,
     exhaustive_limit: int = 200_000,
+    local_share: float = 0.5,
 ) -> ActiveSearchResult:
     """Look for the best ``count``-layer removal set by alternating surrogate fits and real evaluations.
 
     ``masks`` and ``nll`` are the masks already evaluated on the real model. Each round
     refits the surrogate on every evaluated mask (``fit(masks, nll, round)`` returns a
     function of bool masks [n, L] giving predicted utilities, higher is better), then
-    evaluates ``per_round`` new removal sets of size ``count`` on the real model. Half of
-    them are the surrogate's best sets overall (beam search or enumeration); the other
-    half are the surrogate's best one-swap neighbours of the best set found so far on the
-    real model, which makes the later rounds a local search guided by the surrogate. The
-    set with the lowest real NLL among every evaluated set of size ``count`` wins; ``selected``
+    evaluates ``per_round`` new removal sets of size ``count`` on the real model. A share
+    ``local_share`` of them are the surrogate's best one-swap neighbours of the best set
+    found so far on the real model, so the later rounds are a local search guided by the
+    surrogate. The rest are the surrogate's best sets overall (beam search or enumeration).
+    The set with the lowest real NLL among every evaluated set of size ``count`` wins. ``selected``
     is empty when none of them gave a finite loss.
     """
     masks = list(masks)
@@ -209,7 +210,7 @@ def active_search(
                     seen.add(mask)
                     chosen.append(mask)
 
-        take(local_sets, wanted // 2)
+        take(local_sets, int(round(local_share * wanted)))
         take(global_sets, wanted)
         take(local_sets, wanted)
         if not chosen:
