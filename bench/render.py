@@ -37,6 +37,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
     machine = results["machine"]
+    cfg = results["settings"]
     lines = [
         "# Benchmarks", "",
         MODE_NOTES.get(results["mode"], ""), "",
@@ -47,10 +48,17 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
         f"- command: `{results['command']}` (reproduce with `{results['reproduce']}`)",
         f"- total time: {results['seconds'] / 60:.1f} min; per section: "
         + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in results["section_seconds"].items()),
+        f"- data: calibration `sotu:calibration` {cfg['calibration_samples']} × {cfg['calibration_seq_len']} "
+        f"tokens; held-out `sotu:heldout` {cfg['heldout_samples']} × {cfg['heldout_seq_len']}; Brown "
+        f"{cfg['brown_samples']} × {cfg['brown_seq_len']}; lm_eval limit {cfg['lm_eval_limit']} examples per task",
         f"- raw results: [{results['json_name']}]({results['json_link']})",
         "- every timing is the median of repeats or one run as stated, and every ratio compares "
         "numbers measured in the same run",
     ]
+    if results.get("load_average"):
+        lines.append("- 1-minute load average at the end of each section (the machine has "
+                     f"{machine['cpu_count']} cores): "
+                     + ", ".join(f"{name} {value:.1f}" for name, value in results["load_average"].items()))
     if results.get("note"):
         lines.append(f"- note: {results['note']}")
     for path in quality_bar:
@@ -58,7 +66,7 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
     return lines + [""]
 
 
-def _cost(section: dict[str, Any]) -> list[str]:
+def _cost(section: dict[str, Any], results_load: dict[str, float] | None, cores: int | None) -> list[str]:
     info = section["masks"]
     lines = [
         "## 1. Estimation cost", "",
@@ -80,6 +88,14 @@ def _cost(section: dict[str, Any]) -> list[str]:
                      ", ".join(f"{s:.1f}" for s in row["seconds_runs"])])
     lines += _table(["engine", "s / mask", "s vs limit", "token-layers / mask", "token-layers vs limit",
                      "runs (s)"], rows)
+    spread = max(max(row["seconds_runs"]) / min(row["seconds_runs"]) for row in section["engines"].values())
+    load = (results_load or {}).get("cost")
+    if spread > 1.5:
+        lines += [
+            f"**The timings are unreliable in this run**: repeats of one engine differ by up to {spread:.1f}×"
+            + (f" and the 1-minute load average was {load:.1f} on {cores} cores" if load is not None else "")
+            + ", so other processes shared the CPU. The token-layer counts do not depend on load.", "",
+        ]
     lines += [
         f"The engine is **{section['speedup_engine_vs_zeroed']:.2f}×** faster than the published cost model "
         f"on this list and runs {section['token_layer_ratio_zeroed_vs_engine']:.2f}× fewer token-layers. "
@@ -189,6 +205,17 @@ def _verdict(entries: list[dict[str, Any]]) -> list[str]:
         "ties in between; the ratio is Shapley / baseline, so below 1 is better. Cloze: the mean accuracy "
         "difference in points, a tie within the combined standard error.", "",
     ]
+    summary = []
+    for entry in entries:
+        if "shapley_failed" in entry:
+            summary.append([entry["model"], _num(entry["ratio"]), "Shapley failed", "", "", "", ""])
+            continue
+        counts = entry["heldout_counts"]
+        summary.append([entry["model"], _num(entry["ratio"]), str(counts["loss"]), str(counts["tie"]),
+                        str(counts["win"]), entry.get("best_baseline", "–"),
+                        _num(entry.get("shapley_vs_best_heldout"), 3)])
+    lines += _table(["model", "ratio", "losses", "ties", "wins", "best baseline",
+                     "Shapley / best baseline, held-out ppl"], summary)
     for entry in entries:
         title = f"### {entry['model']}, ratio {entry['ratio']}"
         if "shapley_failed" in entry:
@@ -200,7 +227,11 @@ def _verdict(entries: list[dict[str, Any]]) -> list[str]:
                   f"Held-out perplexity: **{counts['loss']} losses**, {counts['tie']} ties, {counts['win']} wins."]
         if "best_baseline" in entry:
             ratio = entry["shapley_vs_best_heldout"]
-            word = "better than" if ratio < 1 - PPL_TIE_BAND else "worse than" if ratio > 1 + PPL_TIE_BAND else "tied with"
+            word = "tied with"
+            if ratio < 1 - PPL_TIE_BAND:
+                word = "better than"
+            elif ratio > 1 + PPL_TIE_BAND:
+                word = "worse than"
             lines.append(f"Against the best baseline ({entry['best_baseline']}) Shapley is {word} it: "
                          f"held-out perplexity ratio {ratio:.3f}.")
         lines.append("")
@@ -227,7 +258,7 @@ def render(results: dict[str, Any], quality_bar: list[Path]) -> str:
     sections = results["sections"]
     lines = _header(results, quality_bar)
     if "cost" in sections:
-        lines += _cost(sections["cost"])
+        lines += _cost(sections["cost"], results.get("load_average"), results.get("machine", {}).get("cpu_count"))
     if "quality" in sections:
         lines += _quality(sections["quality"])
     if "budget" in sections:
@@ -236,6 +267,10 @@ def render(results: dict[str, Any], quality_bar: list[Path]) -> str:
         lines += _quantize(sections["quantize"])
     if "verdict" in sections:
         lines += _verdict(sections["verdict"])
+    unfinished = [name for name in results.get("sections_requested", [])
+                  if name not in sections and name not in results.get("errors", {})]
+    if unfinished:
+        lines += [f"**Not finished in this run** (stopped or still running): {', '.join(unfinished)}.", ""]
     for name, error in results.get("errors", {}).items():
         lines += [f"**Section {name} failed**: {error}", ""]
     return "\n".join(lines).rstrip() + "\n"

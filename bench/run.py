@@ -1,12 +1,14 @@
 """Run the compressor benchmark on the real SmolLM2-135M and write docs/benchmarks.md.
 
     python bench/run.py            # full mode (`make bench`)
-    python bench/run.py --quick    # quick mode (`make bench-quick`), sized for about 15 minutes on 2 cores
+    python bench/run.py --quick    # quick mode (`make bench-quick`)
     python bench/run.py --smoke    # tiny settings that only check every section end to end
 
-NOTE: the full mode was not run while this was written. From the quick mode's cost per
-run it should take several hours on 2 CPU cores, Gemma-3-270m being most of it.
-Each output records how long its mode took.
+NOTE: the quick mode's settings aim at about 15 minutes on 2 idle cores, an estimate; with
+the CPU shared by other processes its cost section alone took 8 minutes. The full mode was
+not run while this was written. Judging from the quick mode's cost per run it should take
+several hours on 2 CPU cores, most of them on Gemma-3-270m. Each output records how long
+its mode took.
 
 Sections: estimation cost, quality against baselines, budget curve, layer removal with
 GPTQ W4, and a verdict computed from the numbers. The raw results go to
@@ -42,13 +44,15 @@ SECTIONS = ("cost", "quality", "budget", "quantize")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="Quick mode: fewer data, methods at 20 %% only, sized for about 15 minutes on 2 CPU cores.")
+    mode.add_argument("--quick", action="store_true", help="Quick mode: less data, one removal ratio (20 %%), SmolLM2 only, fewer budgets and orders.")
     mode.add_argument("--smoke", action="store_true", help="Smoke mode: tiny settings; its numbers mean nothing.")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown page to write (default docs/benchmarks.md; runs/bench-smoke/ for --smoke). "
                         "The JSON goes to benchmarks/results[-MODE].json beside it.")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"Comma-separated sections to run, from {', '.join(SECTIONS)} (default all).")
+    parser.add_argument("--render", action="store_true",
+                        help="Only rewrite the markdown page from the mode's existing results JSON.")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="Folder for stores and run outputs (default a temporary folder, deleted at the end).")
     return parser.parse_args(argv)
@@ -121,6 +125,8 @@ class Benchmark:
             log.exception("section %s failed", name)
             self.results["errors"][name] = f"{type(exc).__name__}: {exc}"
         self.results["section_seconds"][name] = time.perf_counter() - start
+        # Other processes share the CPU, so each section records the 1-minute load average at its end.
+        self.results.setdefault("load_average", {})[name] = os.getloadavg()[0]
         self.save()
 
 
@@ -141,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     out, json_path = output_paths(args, mode)
+    if args.render:
+        from bench.render import render
+
+        if not json_path.exists():
+            raise SystemExit(f"results file {json_path} not found; run the benchmark in this mode first")
+        out.write_text(render(json.loads(json_path.read_text()), quality_bar_files(out)))
+        log.info("wrote %s from %s", out, json_path)
+        return 0
 
     temporary = None
     if args.work_dir is None:
@@ -150,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir
         work.mkdir(parents=True, exist_ok=True)
     try:
-        run_sections(Benchmark(settings, work, out, json_path, argv), requested)
+        bench = Benchmark(settings, work, out, json_path, argv)
+        bench.results["sections_requested"] = requested
+        run_sections(bench, requested)
     finally:
         if temporary is not None:
             temporary.cleanup()

@@ -19,6 +19,7 @@ SMALL_BUDGETS = [
     "--set data.evaluation.n_samples=2",
     "--set stages.1.config.limit=20",
     "--set stages.3.config.budget_evaluations=48",
+    "--set stages.3.config.allow_low_quality=true",
     "--set stages.5.config.n_samples=8",
     "--set stages.5.config.seq_len=128",
     "--set stages.7.config.limit=20",
