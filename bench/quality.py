@@ -7,6 +7,7 @@ cost is what that method spends alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -82,6 +83,69 @@ def dense_reference(settings: Settings, source: str, work: Path) -> dict[str, An
     return {"metrics": outcome.metrics(), "seconds": time.perf_counter() - start}
 
 
+def stored_dense_reference(source: str, work: Path) -> dict[str, Any] | None:
+    """Read the unpruned model's metrics back from the dense run's store in ``work``, if it finished."""
+    from compressor.store import Store
+
+    path = work / "dense.db"
+    if not path.exists():
+        return None
+    store = Store(f"sqlite:///{path}")
+    run = store.get_run(f"bench-{_slug(source)}-dense")
+    if run is None or run.status != "finished":
+        return None
+    metrics = {f"{record.name}.{metric.name}": metric.value
+               for record in store.stage_records(run.id) for metric in record.metrics}
+    seconds = sum(record.seconds or 0.0 for record in store.stage_records(run.id))
+    return {"metrics": metrics, "seconds": seconds}
+
+
+def compare_folder(work: Path, source: str, method: str, ratio: float) -> Path:
+    return work / "compare" / f"{_slug(source)}-{method}-r{ratio:g}"
+
+
+def _result_row(source: str, name: str, ratio: float, count: int, outcome: dict[str, Any],
+                wall: float | None) -> dict[str, Any]:
+    row = outcome["rows"][0]
+    status = "failed" if row["failed"] == row["runs"] else "ran"
+    return {
+        "model": source, "method": name, "ratio": ratio, "layers_removed": count,
+        "status": status, "errors": row["errors"], "runs": row["runs"], "seeds": row["seeds"],
+        "metrics": row["metrics"], "metrics_std": row["metrics_std"], "cost": row["cost"],
+        "removed_layers": row["removed_layers"], "wall_seconds": wall,
+    }
+
+
+def collect_quality(settings: Settings, work: Path, num_layers: dict[str, int]) -> list[dict[str, Any]]:
+    """Build the quality rows from the runs that finished in ``work``; the others are marked not run.
+
+    Used after a run was stopped: each finished method left its ``comparison.json``.
+    Wall seconds are unknown there, so they are left out.
+    """
+    from compressor.scores import TargetConfig
+
+    results = []
+    for model in settings.models:
+        reference = stored_dense_reference(model.source, work)
+        if reference is not None:
+            results.append({"model": model.source, "method": "dense", "ratio": 0.0, "status": "ran",
+                            "metrics": reference["metrics"], "metrics_std": {}, "cost": {}, "removed_layers": [],
+                            "wall_seconds": reference["seconds"]})
+        for ratio in model.ratios:
+            count = TargetConfig(ratio=ratio).layers_to_remove(num_layers[model.source])
+            for spec in method_specs(settings):
+                name = spec["plugin"]
+                if name == "oracle" and math.comb(num_layers[model.source], count) > settings.oracle_max_subsets:
+                    continue
+                path = compare_folder(work, model.source, name, ratio) / "comparison.json"
+                if not path.exists():
+                    results.append({"model": model.source, "method": name, "ratio": ratio, "layers_removed": count,
+                                    "status": "skipped", "reason": "not finished before the run was stopped"})
+                    continue
+                results.append(_result_row(model.source, name, ratio, count, json.loads(path.read_text()), None))
+    return results
+
+
 def method_specs(settings: Settings) -> list[dict[str, Any]]:
     specs = []
     for name in settings.methods:
@@ -94,8 +158,12 @@ def method_specs(settings: Settings) -> list[dict[str, Any]]:
     return specs
 
 
-def run_quality(settings: Settings, work: Path, num_layers: dict[str, int], console) -> list[dict[str, Any]]:
-    """Run every method at every ratio of every model; return one row per (model, ratio, method)."""
+def run_quality(settings: Settings, work: Path, num_layers: dict[str, int], console,
+                on_row=None) -> list[dict[str, Any]]:
+    """Run every method at every ratio of every model; return one row per (model, ratio, method).
+
+    ``on_row`` is called with the rows so far after each method, so a caller can save them.
+    """
     from compressor.compare import run_compare
 
     from compressor.scores import TargetConfig
@@ -118,7 +186,7 @@ def run_quality(settings: Settings, work: Path, num_layers: dict[str, int], cons
                     results.append({"model": model.source, "method": name, "ratio": ratio, "layers_removed": count,
                                     "status": "skipped", "reason": reason})
                     continue
-                folder = work / "compare" / f"{_slug(model.source)}-{name}-r{ratio:g}"
+                folder = compare_folder(work, model.source, name, ratio)
                 folder.mkdir(parents=True, exist_ok=True)
                 db_url = f"sqlite:///{folder / 'store.db'}"
                 recipe = compare_recipe(settings, model.source, spec, ratio, work, db_url)
@@ -126,12 +194,7 @@ def run_quality(settings: Settings, work: Path, num_layers: dict[str, int], cons
                 start = time.perf_counter()
                 outcome = run_compare(recipe, output_dir=folder, db_url=db_url, console=console)
                 wall = time.perf_counter() - start
-                row = outcome["rows"][0]
-                status = "failed" if row["failed"] == row["runs"] else "ran"
-                results.append({
-                    "model": model.source, "method": name, "ratio": ratio, "layers_removed": count,
-                    "status": status, "errors": row["errors"], "runs": row["runs"], "seeds": row["seeds"],
-                    "metrics": row["metrics"], "metrics_std": row["metrics_std"], "cost": row["cost"],
-                    "removed_layers": row["removed_layers"], "wall_seconds": wall,
-                })
+                results.append(_result_row(model.source, name, ratio, count, outcome, wall))
+                if on_row is not None:
+                    on_row(results)
     return results

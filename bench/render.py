@@ -207,6 +207,9 @@ def _verdict(entries: list[dict[str, Any]]) -> list[str]:
     ]
     summary = []
     for entry in entries:
+        if "shapley_missing" in entry:
+            summary.append([entry["model"], _num(entry["ratio"]), "no verdict: Shapley did not run", "", "", "", ""])
+            continue
         if "shapley_failed" in entry:
             summary.append([entry["model"], _num(entry["ratio"]), "Shapley failed", "", "", "", ""])
             continue
@@ -218,13 +221,17 @@ def _verdict(entries: list[dict[str, Any]]) -> list[str]:
                      "Shapley / best baseline, held-out ppl"], summary)
     for entry in entries:
         title = f"### {entry['model']}, ratio {entry['ratio']}"
+        if "shapley_missing" in entry:
+            lines += [title, "", f"No verdict: Shapley has no result here ({entry['shapley_missing']}).", ""]
+            continue
         if "shapley_failed" in entry:
             lines += [title, "", f"**Shapley failed**, so it loses to every baseline here: "
                       f"{entry['shapley_failed'][0]}", ""]
             continue
         counts = entry["heldout_counts"]
         lines += [title, "",
-                  f"Held-out perplexity: **{counts['loss']} losses**, {counts['tie']} ties, {counts['win']} wins."]
+                  f"Held-out perplexity against the baselines: **losses {counts['loss']}**, ties {counts['tie']}, "
+                  f"wins {counts['win']}."]
         if "best_baseline" in entry:
             ratio = entry["shapley_vs_best_heldout"]
             word = "tied with"

@@ -4,8 +4,8 @@
     python bench/run.py --quick    # quick mode (`make bench-quick`)
     python bench/run.py --smoke    # tiny settings that only check every section end to end
 
-NOTE: the quick mode's settings aim at about 15 minutes on 2 idle cores, an estimate; with
-the CPU shared by other processes its cost section alone took 8 minutes. The full mode was
+NOTE: the quick mode's settings aim at about 15 minutes on 2 idle cores, which is an
+estimate. With the CPU shared by other processes, its cost section alone took 8 minutes. The full mode was
 not run while this was written. Judging from the quick mode's cost per run it should take
 several hours on 2 CPU cores, most of them on Gemma-3-270m. Each output records how long
 its mode took.
@@ -53,6 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"Comma-separated sections to run, from {', '.join(SECTIONS)} (default all).")
     parser.add_argument("--render", action="store_true",
                         help="Only rewrite the markdown page from the mode's existing results JSON.")
+    parser.add_argument("--collect", action="store_true",
+                        help="Rebuild the quality section from the finished runs in --work-dir of a stopped run, "
+                        "keep the other sections of the mode's results JSON, and rewrite the page.")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="Folder for stores and run outputs (default a temporary folder, deleted at the end).")
     return parser.parse_args(argv)
@@ -156,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("wrote %s from %s", out, json_path)
         return 0
 
+    if args.collect:
+        return collect(args, settings, out, json_path)
+
     temporary = None
     if args.work_dir is None:
         temporary = tempfile.TemporaryDirectory(prefix="compressor-bench-")
@@ -170,6 +176,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if temporary is not None:
             temporary.cleanup()
+    return 0
+
+
+def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: Path) -> int:
+    """Merge the finished quality runs of a stopped run into the mode's results and rewrite the page."""
+    from bench.quality import collect_quality
+    from bench.render import render
+    from bench.verdict import build_verdict
+
+    if args.work_dir is None or not json_path.exists():
+        raise SystemExit(f"--collect needs --work-dir of a stopped run and its results file {json_path}")
+    results = json.loads(json_path.read_text())
+    # Decoder layers of the built-in model assets, so that collecting loads no model.
+    depths = {model.source: 30 if model.source == "smollm2-135m" else 18 for model in settings.models}
+    rows = collect_quality(settings, args.work_dir, depths)
+    results["sections"]["quality"] = rows
+    results["sections"]["verdict"] = build_verdict(rows)
+    results["note"] = ("the run was stopped during the quality section; that section was rebuilt with "
+                       f"`--collect` from the runs that had finished, and the later sections did not run")
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    out.write_text(render(results, quality_bar_files(out)))
+    log.info("wrote %s and %s from the finished runs in %s", out, json_path, args.work_dir)
     return 0
 
 
@@ -204,7 +232,11 @@ def run_sections(bench: Benchmark, requested: list[str]) -> None:
             depths = {model.source: (handle.num_layers if model.source == "smollm2-135m"
                                      else load_model(ModelSpec(source=model.source)).num_layers)
                       for model in settings.models}
-            return run_quality(settings, bench.work, depths, bench.console)
+            def save_rows(rows):
+                bench.results["sections"]["quality"] = rows
+                bench.save()
+
+            return run_quality(settings, bench.work, depths, bench.console, on_row=save_rows)
 
         bench.section("quality", quality)
         if "quality" in bench.results["sections"]:

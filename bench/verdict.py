@@ -55,8 +55,12 @@ def build_verdict(quality_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (model, ratio), rows in groups.items():
         shapley = next((r for r in rows if r["method"] == "shapley"), None)
         entry: dict[str, Any] = {"model": model, "ratio": ratio, "comparisons": []}
-        if shapley is None or shapley["status"] != "ran":
-            entry["shapley_failed"] = (shapley or {}).get("errors") or ["shapley did not run"]
+        if shapley is None or shapley["status"] == "skipped":
+            entry["shapley_missing"] = (shapley or {}).get("reason") or "shapley was not run"
+            entries.append(entry)
+            continue
+        if shapley["status"] != "ran":
+            entry["shapley_failed"] = shapley.get("errors") or ["no error recorded"]
             entries.append(entry)
             continue
         ours = shapley["metrics"]
