@@ -25,7 +25,6 @@ pytestmark = pytest.mark.integration
 
 # Measured bound: GPTQ W4 group 64 raised held-out perplexity from 23.7 to 27.9 (a factor of
 # 1.18) with 64 × 256 calibration tokens, measured on 2 windows of 512 tokens.
-# NOTE: this test has not yet been run with 64 × 256 calibration tokens.
 MAX_PERPLEXITY_FACTOR = 1.5
 
 
