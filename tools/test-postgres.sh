@@ -4,14 +4,16 @@
 #   tools/test-postgres.sh start   # prints the URL to export as COMPRESSOR_TEST_PG_URL
 #   tools/test-postgres.sh stop
 #
-# The cluster lives in .pg/ under the repository and runs as the `postgres` system user,
-# because initdb refuses to run as root. Debian's `postgresql` package is installed when
+# The server runs as the `postgres` system user, because initdb refuses to run as root. Debian's `postgresql` package is installed when
 # initdb is missing and apt-get is available.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-data="$root/.pg/data"
-log="$root/.pg/server.log"
+# The cluster lives under /tmp, not in the checkout, because the `postgres` user must be able to
+# reach it and a checkout under /root is closed to other users. One folder per checkout.
+base="/tmp/compressor-test-pg-$(printf '%s' "$root" | sha1sum | cut -c1-12)"
+data="$base/data"
+log="$base/server.log"
 port="${COMPRESSOR_TEST_PG_PORT:-55432}"
 
 find_bin() {
@@ -36,10 +38,10 @@ start)
     fi
     initdb="$(find_bin initdb)"
     pg_ctl="$(find_bin pg_ctl)"
-    mkdir -p "$root/.pg"
+    mkdir -p "$base"
     if [ "$(id -u)" = "0" ]; then
         id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-        chown postgres "$root/.pg"
+        chown postgres "$base"
     fi
     if [ ! -f "$data/PG_VERSION" ]; then
         as_postgres "'$initdb' -D '$data' -U postgres --auth=trust -E UTF8 >/dev/null"
