@@ -29,7 +29,7 @@ class StrictConfig(BaseModel):
 
 @dataclass
 class StageResult:
-    """What one stage produced.
+    """The output of one stage.
 
     ``data`` must be JSON-serialisable: it is stored and handed back to ``restore``
     when the stage is skipped on resume. ``metrics`` are numeric values stored under

@@ -2,7 +2,7 @@
 
 
 class CompressorError(Exception):
-    """An error whose message says what is wrong, with which value, and what to do next."""
+    """An error whose message states what is wrong, with which value, and what to do next."""
 
 
 class RecipeError(CompressorError):

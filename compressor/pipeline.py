@@ -46,7 +46,7 @@ class RunOutcome:
     report_files: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """All metrics as ``STAGE.METRIC``."""
+        """Return every metric of the run, keyed ``STAGE.METRIC``."""
         return {f"{s.label}.{name}": value for s in self.stages for name, value in s.metrics.items()}
 
 

@@ -48,7 +48,7 @@ class LayerScores:
     ``values[i]`` is the importance of layer ``i`` of the model the estimator saw; a
     higher value means the layer matters more. ``lower``/``upper`` bound it when the
     method gives intervals. ``selected`` lists the layers to remove, in that model's
-    numbering. ``cost`` holds ``evaluations`` (real-model mask evaluations),
+    numbering. ``cost`` contains ``evaluations`` (real-model mask evaluations),
     ``token_layers`` (tokens × decoder layers executed) and ``seconds``.
     """
 

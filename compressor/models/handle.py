@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ModelHandle:
-    """What stages pass to each other.
+    """The model, tokenizer and model identity that stages pass to each other.
 
     ``base_fingerprint`` identifies the weights as loaded (source, revision, dtype).
     ``removed_layers`` are indices in the original numbering, in removal order, and

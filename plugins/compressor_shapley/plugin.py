@@ -93,8 +93,8 @@ class ShapleyConfig(TargetConfig):
     )
     base_masks: int = Field(80_000, ge=100, description="Monte-Carlo base masks for the semivalue (paper: 80,000).")
     # NOTE: at 20 layers the exact path scores 2^20 (about a million) coalitions on the
-    # surrogate; the Shapley and Banzhaf cases go through shapiq's ExactComputer, whose
-    # time and memory at that size were not measured here.
+    # surrogate. The Shapley and Banzhaf cases go through shapiq's ExactComputer, whose
+    # time and memory at that size have not been measured.
     exact_max_layers: int = Field(
         20, ge=1, le=22, description="Enumerate all 2^L coalitions on the surrogate up to this many layers."
     )

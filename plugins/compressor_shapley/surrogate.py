@@ -276,7 +276,7 @@ def quality_report(actual: np.ndarray, predicted: np.ndarray, strata: np.ndarray
 
 
 def format_quality(quality: dict[str, Any]) -> str:
-    """One line per stratum, for logs."""
+    """Format surrogate quality for logs: an overall line, then one line per stratum."""
     lines = [
         f"surrogate held-out R² {quality['r2']:.3f}, Spearman {quality['spearman']:.3f}, "
         f"top-fifth agreement {quality['top_k_agreement']:.2f} ({quality.get('n_heldout', '?')} masks)"

@@ -1,7 +1,7 @@
 """The README's quick-start, run as a new user would: `make demo` into a fresh virtual environment.
 
 The demo recipe runs with smaller budgets (fewer masks, samples and examples) through
-DEMO_ARGS, which the Makefile appends to `compressor run`; the code path is the same.
+DEMO_ARGS, which the Makefile appends to `compressor run`. The code path is the same.
 """
 
 import json

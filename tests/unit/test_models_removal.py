@@ -218,7 +218,7 @@ def test_quantized_model_naming_layers_rejected():
         remove_layers(handle, [1])
 
 
-def test_compressed_tensors_model_without_layer_names_can_lose_layers():
+def test_compressed_model_allows_removal():
     handle = make_handle("llama")
     handle.quantization = {"method": "gptq", "format": "compressed-tensors"}
     handle.model.config.quantization_config = {"ignore": ["lm_head"], "config_groups": {"g": {"targets": ["Linear"]}}}

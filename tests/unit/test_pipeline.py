@@ -152,5 +152,6 @@ def test_cli_reports_recipe_error_without_traceback(tmp_path):
     bad.write_text("name: x\nmodel: {source: y}\n")
     result = CliRunner().invoke(main, ["run", str(bad)])
     assert result.exit_code == 2
-    assert "data" in result.output and "Field required" in result.output
+    assert "data" in result.output
+    assert "Field required" in result.output
     assert "Traceback" not in result.output

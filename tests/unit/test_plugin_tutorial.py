@@ -1,4 +1,4 @@
-"""The plugin tutorial's package (examples/compressor-magnitude) works as docs/plugins.md says."""
+"""The plugin tutorial's package (examples/compressor-magnitude) works as docs/plugins.md describes."""
 
 import json
 from pathlib import Path

@@ -236,7 +236,8 @@ def test_swap_neighbours_change_one_layer():
     assert len(neighbours) == 2 * 4
     assert len(set(neighbours)) == len(neighbours)
     for s in neighbours:
-        assert len(s) == 2 and len(set(s) & {1, 4}) == 1
+        assert len(s) == 2
+        assert len(set(s) & {1, 4}) == 1
 
 
 def _linear_fit(masks, nll, _round):
@@ -296,7 +297,7 @@ def test_sleb_cost_counts_protected_rounds_and_full_model():
     assert sleb_cost(30, 6, protected=0) == 30 + 29 + 28 + 27 + 26 + 25 + 1
 
 
-def test_cpu_default_budget_is_sleb_cost_split_between_phases():
+def test_cpu_default_budget_matches_sleb():
     from compressor_shapley.plugin import ShapleyConfig, ShapleyEstimator, sleb_cost
 
     settings = ShapleyEstimator(ShapleyConfig(ratio=0.2))._settings(30, 6)
@@ -304,7 +305,8 @@ def test_cpu_default_budget_is_sleb_cost_split_between_phases():
     assert settings["strata"] == [29, 26, 24, 22]
     assert 1 + settings["budget"] + settings["active_budget"] == sleb_cost(30, 6)
     paper = ShapleyEstimator(ShapleyConfig(ratio=0.2, preset="paper"))._settings(30, 6)
-    assert paper["selection"] == "one_shot" and paper["active_budget"] == 0
+    assert paper["selection"] == "one_shot"
+    assert paper["active_budget"] == 0
 
 
 # --------------------------------------------------------------------------- estimator on a tiny model

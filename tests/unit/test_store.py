@@ -61,7 +61,8 @@ def test_mask_evaluations_insert_once(db_url):
     stored = store.load_mask_evaluations("model", "data")
     assert set(stored) == {"1101", "0111"}
     assert stored["1101"].nll == 2.5
-    assert stored["0111"].status == "nonfinite" and stored["0111"].nll is None
+    assert stored["0111"].status == "nonfinite"
+    assert stored["0111"].nll is None
     assert store.count_mask_evaluations("model") == 2
     assert store.load_mask_evaluations("model", "other-data") == {}
 
