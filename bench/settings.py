@@ -86,7 +86,7 @@ def settings_for(mode: str) -> Settings:
             methods=all_methods, random_seeds=[0, 1, 2], oracle_max_subsets=500,
             budget_ratio=0.2, budgets=[64, 128], reference_budget=192,
             budget_grid=QUICK_GRID, base_masks=20_000,
-            orders=["prune_then_quantize"], gptq_ratio=0.2, gptq_samples=32, gptq_seq_len=256, size_latency=False,
+            orders=list(ORDERS), gptq_ratio=0.2, gptq_samples=32, gptq_seq_len=256, size_latency=False,
         )
     if mode == "smoke":
         # Only checks that every section runs end to end; its numbers mean nothing.

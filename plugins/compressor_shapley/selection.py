@@ -120,7 +120,7 @@ def subset_search(
     return SubsetSearchResult(selected=list(candidates[best]), strategy=strategy, candidates=rows)
 
 
-def _mask_of(num_layers: int, removed: Sequence[int]) -> str:
+def mask_of(num_layers: int, removed: Sequence[int]) -> str:
     removed = set(int(i) for i in removed)
     return "".join("0" if i in removed else "1" for i in range(num_layers))
 
@@ -205,7 +205,7 @@ def active_search(
             for s in pool:
                 if len(chosen) >= limit:
                     return
-                mask = _mask_of(num_layers, s)
+                mask = mask_of(num_layers, s)
                 if mask not in seen:
                     seen.add(mask)
                     chosen.append(mask)
@@ -233,3 +233,108 @@ def active_search(
         log.warning("no evaluated set of %d removed layers gave a finite calibration loss", count)
         return ActiveSearchResult(selected=[], rounds=report, evaluated=new_masks)
     return ActiveSearchResult(selected=sorted(found[0]), rounds=report, evaluated=new_masks)
+
+
+@dataclass
+class ExchangeResult:
+    """Outcome of :func:`exchange_search`: the chosen set, its loss and the accepted swaps."""
+
+    selected: list[int]
+    nll: float
+    swaps: list[dict] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def exchange_search(
+    real_nll: Callable[[list[str]], np.ndarray],
+    known: Callable[[str], bool],
+    start: Sequence[int],
+    start_nll: float,
+    num_layers: int,
+    budget: int,
+    single_nll: dict[int, float] | None = None,
+    full_nll: float | None = None,
+    pairs_per_pass: int | None = None,
+) -> ExchangeResult:
+    """Improve a removal set by one-for-one swaps ranked with real marginal losses.
+
+    Around the current set S, the real model is evaluated with each removed layer j put back
+    alone (S without j) and with each kept layer i removed in addition (S with i). The loss of
+    the swap "put j back, remove i" is predicted to first order as
+    ``NLL(S) − (NLL(S) − NLL(S∖j)) + (NLL(S∪i) − NLL(S))``, and the swaps are then evaluated
+    on the real model in order of that prediction. The first swap that lowers the real loss
+    is accepted, and the walk goes on down the same ranking (swaps that no longer apply to the
+    new set are skipped) until ``pairs_per_pass`` swaps in a row (default: the set size, at
+    least 4) bring no gain. The marginals are then measured again around the new set. The
+    search ends after a pass with no gain, or when ``budget`` new evaluations are spent or
+    cannot pay for the next pass's marginals. Masks already known (``known``) cost nothing.
+
+    ``single_nll`` maps a layer to the loss with that layer alone removed. A kept layer whose
+    single removal already costs more than the whole current set (over ``full_nll``) is not
+    tried, which saves evaluations on layers such as the first one.
+    """
+    current = sorted(int(i) for i in start)
+    best = float(start_nll)
+    count = len(current)
+    per_pass = pairs_per_pass or max(4, count)
+    spent = 0
+    swaps: list[dict] = []
+    tried: set[str] = {mask_of(num_layers, current)}
+
+    def run(masks: list[str]) -> np.ndarray:
+        nonlocal spent
+        spent += sum(1 for m in masks if not known(m))
+        return np.asarray(real_nll(masks), dtype=float)
+
+    def cost(masks: list[str]) -> int:
+        return sum(1 for m in masks if not known(m))
+
+    while spent < budget and count > 0:
+        removed = set(current)
+        kept = [i for i in range(num_layers) if i not in removed]
+        if single_nll and full_nll is not None:
+            allowance = best - full_nll
+            kept = [i for i in kept if single_nll.get(i, -math.inf) - full_nll <= allowance]
+        if not kept:
+            break
+        back_masks = [mask_of(num_layers, [r for r in current if r != j]) for j in current]
+        add_masks = [mask_of(num_layers, current + [i]) for i in kept]
+        if cost(back_masks + add_masks) > budget - spent:
+            break
+        back = run(back_masks)
+        add = run(add_masks)
+        predictions = []
+        for a, j in enumerate(current):
+            for b, i in enumerate(kept):
+                # NLL(S) minus the gain of putting j back plus the penalty of removing i.
+                predicted = back[a] + add[b] - best
+                if np.isfinite(predicted):
+                    predictions.append((float(predicted), j, i))
+        predictions.sort()
+        # Walk down the ranked swaps. After an accepted swap the same marginals still rank the
+        # rest (a first-order guess for the new set); swaps that no longer apply are skipped.
+        moved = False
+        misses = 0
+        for predicted, j, i in predictions:
+            if misses >= per_pass or spent >= budget:
+                break
+            if j not in current or i in current:
+                continue
+            candidate = sorted([r for r in current if r != j] + [i])
+            mask = mask_of(num_layers, candidate)
+            if mask in tried:
+                continue
+            tried.add(mask)
+            value = float(run([mask])[0])
+            if np.isfinite(value) and value < best:
+                swaps.append({"put_back": j, "removed": i, "predicted_nll": predicted, "nll": value,
+                              "previous_nll": best})
+                log.info("exchange: put back layer %d, remove layer %d, calibration NLL %.4f -> %.4f",
+                         j, i, best, value)
+                current, best, moved = candidate, value, True
+                misses = 0
+            else:
+                misses += 1
+        if not moved:
+            break
+    return ExchangeResult(selected=current, nll=best, swaps=swaps, evaluations=spent)

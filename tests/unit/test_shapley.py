@@ -283,6 +283,53 @@ def test_active_search_empty_when_every_set_fails():
     assert len(result.evaluated) == 6
 
 
+def _additive_with_interaction():
+    """Return a loss function over removal masks, a `known` check and the list of masks it saw."""
+    calls: list[str] = []
+    # Removing layer i costs w[i]; removing 3 and 4 together costs 1.0 less than the sum.
+    w = np.array([5.0, 0.5, 0.9, 0.8, 0.3, 0.4, 1.5, 2.0, 2.5, 6.0])
+
+    def real_nll(masks):
+        calls.extend(masks)
+        out = []
+        for mask in masks:
+            removed = {i for i, c in enumerate(mask) if c == "0"}
+            out.append(float(w[list(removed)].sum()) - (1.0 if {3, 4} <= removed else 0.0))
+        return np.array(out)
+
+    return real_nll, (lambda mask: mask in calls), calls
+
+
+def test_exchange_search_reaches_the_best_set():
+    real_nll, known, calls = _additive_with_interaction()
+    start = [0, 1, 5]
+    start_nll = float(real_nll([selection.mask_of(10, start)])[0])
+    result = selection.exchange_search(real_nll, known, start, start_nll, 10, budget=200)
+
+    # Two improving swaps: 0 for 4 ({1, 4, 5}, 1.2), then 1 for 3 ({3, 4, 5}, 0.5), the best 3-set.
+    assert result.selected == [3, 4, 5]
+    assert result.nll == pytest.approx(0.5)
+    assert [(s["put_back"], s["removed"]) for s in result.swaps] == [(0, 4), (1, 3)]
+    assert all(s["nll"] < s["previous_nll"] for s in result.swaps)
+    assert result.evaluations == len(set(calls)) - 1
+
+
+def test_exchange_search_respects_budget_and_filter():
+    real_nll, known, calls = _additive_with_interaction()
+    start = [1, 4, 5]
+    start_nll = float(real_nll([selection.mask_of(10, start)])[0])
+    singles = {i: float(real_nll([selection.mask_of(10, [i])])[0]) for i in range(10)}
+    before = len(set(calls))
+    result = selection.exchange_search(real_nll, known, start, start_nll, 10, budget=6,
+                                       single_nll=singles, full_nll=0.0)
+    # Layers 0, 6, 7, 8 and 9 cost more alone than the whole start set (1.2), so one pass needs
+    # 3 put-back and 2 added masks; the sixth evaluation is the best predicted swap, 1 for 3.
+    assert result.evaluations == 6
+    assert len(set(calls)) - before == 6
+    assert not any(selection.mask_of(10, [1, 4, 5, j]) in calls for j in (0, 6, 7, 8, 9))
+    assert result.selected == [3, 4, 5]
+
+
 def test_focused_strata_surround_target():
     assert sampling.focused_strata(30, 6) == [29, 26, 24, 22]
     assert sampling.focused_strata(30, 11) == [29, 21, 19, 17]
@@ -303,7 +350,8 @@ def test_cpu_default_budget_matches_sleb():
     settings = ShapleyEstimator(ShapleyConfig(ratio=0.2))._settings(30, 6)
     assert settings["selection"] == "active"
     assert settings["strata"] == [29, 26, 24, 22]
-    assert 1 + settings["budget"] + settings["active_budget"] == sleb_cost(30, 6)
+    assert 1 + settings["budget"] + settings["active_budget"] + settings["exchange_budget"] == sleb_cost(30, 6)
+    assert settings["exchange_budget"] > 0
     paper = ShapleyEstimator(ShapleyConfig(ratio=0.2, preset="paper"))._settings(30, 6)
     assert paper["selection"] == "one_shot"
     assert paper["active_budget"] == 0
@@ -362,6 +410,7 @@ def test_estimator_scores_and_rerun_is_free(tiny_engine):
     assert scores.cost["evaluations"] == scores.extra["masks_requested"] <= 30
     assert scores.extra["semivalue_method"] == "exact"
     assert scores.extra["selection"] == "active"
+    assert scores.extra["exchange_search"]["evaluated"] <= scores.extra["exchange_search"]["budget"]
     # The active search picks the best removal set it evaluated on the real model.
     engine = tiny_engine()
     evaluated = [m for m in engine._results if m.count("0") == 2]
@@ -376,10 +425,22 @@ def test_estimator_scores_and_rerun_is_free(tiny_engine):
 def test_estimator_rejects_low_quality(tiny_engine):
     from compressor_shapley.plugin import ShapleyEstimator, estimate
 
-    config = _tiny_config(allow_low_quality=False, min_r2=1.01)
+    config = _tiny_config(allow_low_quality=False, min_r2=1.01, selection="one_shot")
     settings = ShapleyEstimator(config)._settings(6, 2)
     with pytest.raises(CompressorError, match="surrogate quality is below"):
         estimate(tiny_engine(), 2, config, settings, seed=0)
+
+
+def test_active_selection_reports_low_quality_but_selects(tiny_engine, caplog):
+    from compressor_shapley.plugin import ShapleyEstimator, estimate
+
+    config = _tiny_config(allow_low_quality=False, min_r2=1.01)
+    settings = ShapleyEstimator(config)._settings(6, 2)
+    with caplog.at_level("ERROR"):
+        scores = estimate(tiny_engine(), 2, config, settings, seed=0)
+    assert scores.extra["surrogate_low_quality"] is True
+    assert len(scores.selected) == 2
+    assert "surrogate quality is below" in caplog.text
 
 
 def test_estimator_drops_nonfinite_masks_together(tiny_engine, monkeypatch):
