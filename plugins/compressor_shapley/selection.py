@@ -265,9 +265,10 @@ def exchange_search(
     on the real model in order of that prediction. The first swap that lowers the real loss
     is accepted, and the walk goes on down the same ranking (swaps that no longer apply to the
     new set are skipped) until ``pairs_per_pass`` swaps in a row (default: the set size, at
-    least 4) bring no gain. The marginals are then measured again around the new set. The
-    search ends after a pass with no gain, or when ``budget`` new evaluations are spent or
-    cannot pay for the next pass's marginals. Masks already known (``known``) cost nothing.
+    least 4) bring no gain. The marginals are then measured again around the new set. After a
+    pass with no gain, or when the rest of ``budget`` cannot pay for the next pass's marginals,
+    the rest of the budget goes further down the last ranking. Masks already known (``known``)
+    cost nothing.
 
     ``single_nll`` maps a layer to the loss with that layer alone removed. A kept layer whose
     single removal already costs more than the whole current set (over ``full_nll``) is not
@@ -289,6 +290,38 @@ def exchange_search(
     def cost(masks: list[str]) -> int:
         return sum(1 for m in masks if not known(m))
 
+    def walk(predictions: list[tuple[float, int, int]], max_misses: float) -> bool:
+        """Evaluate the ranked swaps until ``max_misses`` in a row fail; return whether one was accepted.
+
+        After an accepted swap the same marginals still rank the rest (a first-order guess for
+        the new set), and swaps that no longer apply are skipped.
+        """
+        nonlocal current, best
+        moved = False
+        misses = 0
+        for predicted, j, i in predictions:
+            if misses >= max_misses or spent >= budget:
+                break
+            if j not in current or i in current:
+                continue
+            candidate = sorted([r for r in current if r != j] + [i])
+            mask = mask_of(num_layers, candidate)
+            if mask in tried:
+                continue
+            tried.add(mask)
+            value = float(run([mask])[0])
+            if np.isfinite(value) and value < best:
+                swaps.append({"put_back": j, "removed": i, "predicted_nll": predicted, "nll": value,
+                              "previous_nll": best})
+                log.info("exchange: put back layer %d, remove layer %d, calibration NLL %.4f -> %.4f",
+                         j, i, best, value)
+                current, best, moved = candidate, value, True
+                misses = 0
+            else:
+                misses += 1
+        return moved
+
+    predictions: list[tuple[float, int, int]] = []
     while spent < budget and count > 0:
         removed = set(current)
         kept = [i for i in range(num_layers) if i not in removed]
@@ -311,30 +344,10 @@ def exchange_search(
                 if np.isfinite(predicted):
                     predictions.append((float(predicted), j, i))
         predictions.sort()
-        # Walk down the ranked swaps. After an accepted swap the same marginals still rank the
-        # rest (a first-order guess for the new set); swaps that no longer apply are skipped.
-        moved = False
-        misses = 0
-        for predicted, j, i in predictions:
-            if misses >= per_pass or spent >= budget:
-                break
-            if j not in current or i in current:
-                continue
-            candidate = sorted([r for r in current if r != j] + [i])
-            mask = mask_of(num_layers, candidate)
-            if mask in tried:
-                continue
-            tried.add(mask)
-            value = float(run([mask])[0])
-            if np.isfinite(value) and value < best:
-                swaps.append({"put_back": j, "removed": i, "predicted_nll": predicted, "nll": value,
-                              "previous_nll": best})
-                log.info("exchange: put back layer %d, remove layer %d, calibration NLL %.4f -> %.4f",
-                         j, i, best, value)
-                current, best, moved = candidate, value, True
-                misses = 0
-            else:
-                misses += 1
-        if not moved:
+        if not walk(predictions, per_pass):
             break
+    # What is left of the budget, too little for another pass or unused after a pass without
+    # a gain, goes further down the last ranking.
+    if predictions and spent < budget:
+        walk(predictions, math.inf)
     return ExchangeResult(selected=current, nll=best, swaps=swaps, evaluations=spent)

@@ -330,6 +330,23 @@ def test_exchange_search_respects_budget_and_filter():
     assert result.selected == [3, 4, 5]
 
 
+def test_exchange_search_spends_leftover_budget():
+    base_nll, _, calls = _additive_with_interaction()
+
+    def real_nll(masks):
+        # The best predicted swap, {3, 4, 5}, is made 2.0 worse than its marginals suggest.
+        values = base_nll(masks)
+        return values + np.array([2.0 if m == selection.mask_of(10, [3, 4, 5]) else 0.0 for m in masks])
+
+    start = [1, 4, 5]
+    result = selection.exchange_search(real_nll, lambda mask: mask in calls, start, 1.2, 10, budget=50,
+                                       pairs_per_pass=1)
+    # The first pass fails on its only try, and the leftover walk finds the next swap, 5 for 3.
+    assert result.selected == [1, 3, 4]
+    assert result.nll == pytest.approx(0.6)
+    assert result.evaluations <= 50
+
+
 def test_focused_strata_surround_target():
     assert sampling.focused_strata(30, 6) == [29, 26, 24, 22]
     assert sampling.focused_strata(30, 11) == [29, 21, 19, 17]
