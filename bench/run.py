@@ -4,11 +4,11 @@
     python bench/run.py --quick    # quick mode (`make bench-quick`)
     python bench/run.py --smoke    # tiny settings that only check every section end to end
 
-NOTE: the quick mode's settings aim at about 15 minutes on 2 idle cores, which is an
-estimate. With the CPU shared by other processes, its cost section alone took 8 minutes. The full mode was
-not run while this was written. Judging from the quick mode's cost per run it should take
-several hours on 2 CPU cores, most of them on Gemma-3-270m. Each output records how long
-its mode took.
+NOTE: the full mode has never been run. From the quick mode's cost per run it should take
+several hours on 2 CPU cores, most of them on Gemma-3-270m. The quick mode with
+``--models smollm2-135m,gemma3-270m`` took 21 minutes on 2 cores (cost 0.5, quality 14,
+budget 4, prune + GPTQ 2.6), with other light work on the machine. Each output records how
+long its mode took.
 
 Sections: estimation cost, quality against baselines, budget curve, layer removal with
 GPTQ W4, and a verdict computed from the numbers. The raw results go to
@@ -54,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--models", default=None,
                         help="Comma-separated model sources for the quality section, each at the mode's removal "
                         "ratios (default: the mode's models; quick mode runs smollm2-135m only).")
+    parser.add_argument("--ratios", default=None,
+                        help="Comma-separated removal ratios for the quality section, for example 0.1,0.35 "
+                        "(default: the mode's ratios).")
     parser.add_argument("--merge", action="store_true",
                         help="Keep the sections (and, for --models, the other models' quality rows) of the mode's "
                         "existing results JSON that this run does not redo.")
@@ -143,20 +146,28 @@ class Benchmark:
                     self.results.setdefault(key, {})[name] = previous[key][name]
             self.results.setdefault("section_dates", {})[name] = dates.get(name, previous["date"])
         self.results["command"] = f"{previous['command']}, then {self.results['command']}"
-        covered = {model["source"] for model in self.results["settings"]["models"]}
-        self.results["settings"]["models"] = [
-            model for model in previous["settings"]["models"] if model["source"] not in covered
-        ] + self.results["settings"]["models"]
+        merged = {model["source"]: sorted(model["ratios"]) for model in previous["settings"]["models"]}
+        for model in self.results["settings"]["models"]:
+            merged[model["source"]] = sorted(set(merged.get(model["source"], [])) | set(model["ratios"]))
+        self.results["settings"]["models"] = [{"source": source, "ratios": ratios} for source, ratios in merged.items()]
         if "quality" in previous.get("sections", {}) and "quality" not in requested:
             from bench.verdict import build_verdict
 
             self.results["sections"]["verdict"] = build_verdict(self.results["sections"]["quality"])
 
-    def previous_quality_rows(self, models: list[str]) -> list[dict]:
-        """Return the earlier run's quality rows of models other than ``models`` (empty without --merge)."""
+    def previous_quality_rows(self, runs: list) -> list[dict]:
+        """Return the earlier run's quality rows that ``runs`` (ModelRun list) do not redo.
+
+        Empty without --merge. A rerun model gets its dense row again, so the old one goes.
+        """
         previous = getattr(self, "previous", None) or {}
-        rows = previous.get("sections", {}).get("quality", [])
-        return [row for row in rows if row["model"] not in models]
+        redo = {model.source: set(model.ratios) for model in runs}
+        kept = []
+        for row in previous.get("sections", {}).get("quality", []):
+            ratios = redo.get(row["model"])
+            if ratios is None or (row["method"] != "dense" and row["ratio"] not in ratios):
+                kept.append(row)
+        return kept
 
     def section(self, name: str, function) -> None:
         self.console.rule(f"section: {name}")
@@ -190,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
 
         ratios = settings.models[0].ratios
         settings.models = [ModelRun(source.strip(), list(ratios)) for source in args.models.split(",") if source.strip()]
+    if args.ratios:
+        try:
+            ratios = [float(value) for value in args.ratios.split(",") if value.strip()]
+        except ValueError:
+            raise SystemExit(f"--ratios expects numbers such as 0.1,0.35, got {args.ratios!r}") from None
+        for model in settings.models:
+            model.ratios = ratios
     requested = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(requested) - set(SECTIONS))
     if unknown:
@@ -281,13 +299,14 @@ def run_sections(bench: Benchmark, requested: list[str]) -> None:
             depths = {model.source: (handle.num_layers if model.source == "smollm2-135m"
                                      else load_model(ModelSpec(source=model.source)).num_layers)
                       for model in settings.models}
-            kept = bench.previous_quality_rows([model.source for model in settings.models])
+            kept = bench.previous_quality_rows(settings.models)
 
             def save_rows(rows):
-                bench.results["sections"]["quality"] = kept + rows
+                bench.results["sections"]["quality"] = merge_quality_rows(kept, rows)
                 bench.save()
 
-            return kept + run_quality(settings, bench.work, depths, bench.console, on_row=save_rows)
+            return merge_quality_rows(kept, run_quality(settings, bench.work, depths, bench.console,
+                                                        on_row=save_rows))
 
         bench.section("quality", quality)
         if "quality" in bench.results["sections"]:
@@ -317,6 +336,13 @@ def run_sections(bench: Benchmark, requested: list[str]) -> None:
 
         del handle  # GPTQ loads its own copies; free this one first
         bench.section("quantize", quantize)
+
+
+def merge_quality_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """Join kept and new quality rows, grouped by model in order of appearance, then by ratio."""
+    rows = kept + new
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    return sorted(rows, key=lambda row: (models.index(row["model"]), row["ratio"]))
 
 
 def shapley_selection(bench: Benchmark, ratio: float) -> list[int] | None:

@@ -1,0 +1,59 @@
+"""Merging a benchmark run into the results of an earlier one (`bench/run.py --merge`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.run import Benchmark, merge_quality_rows
+from bench.settings import ModelRun, settings_for
+
+
+def _row(model: str, method: str, ratio: float) -> dict:
+    return {"model": model, "method": method, "ratio": ratio}
+
+
+def _previous() -> dict:
+    rows = [_row("small", "dense", 0.0), _row("small", "sleb", 0.2), _row("big", "dense", 0.0),
+            _row("big", "sleb", 0.2)]
+    return {
+        "date": "2026-01-01", "command": "python bench/run.py --quick",
+        "settings": {"models": [{"source": "small", "ratios": [0.2]}, {"source": "big", "ratios": [0.2]}]},
+        "sections": {"cost": {"speedup": 1.5}, "quality": rows, "verdict": []},
+        "section_seconds": {"cost": 10.0, "quality": 20.0}, "load_average": {"cost": 1.0},
+    }
+
+
+def test_merge_keeps_sections_not_rerun(tmp_path: Path):
+    settings = settings_for("quick")
+    settings.models = [ModelRun("small", [0.1])]
+    bench = Benchmark(settings, tmp_path, tmp_path / "b.md", tmp_path / "b.json", ["--quick", "--merge"])
+
+    bench.merge_previous(_previous(), ["quality"])
+
+    assert bench.results["sections"]["cost"] == {"speedup": 1.5}
+    assert bench.results["section_dates"]["cost"] == "2026-01-01"
+    assert "quality" not in bench.results["sections"]
+    assert bench.results["command"].startswith("python bench/run.py --quick, then ")
+    assert {m["source"]: m["ratios"] for m in bench.results["settings"]["models"]} == {
+        "small": [0.1, 0.2], "big": [0.2]}
+
+
+def test_previous_rows_drop_only_what_is_rerun(tmp_path: Path):
+    settings = settings_for("quick")
+    bench = Benchmark(settings, tmp_path, tmp_path / "b.md", tmp_path / "b.json", [])
+    bench.merge_previous(_previous(), ["quality"])
+
+    kept = bench.previous_quality_rows([ModelRun("small", [0.1])])
+
+    # The small model's dense row is measured again; its 0.2 row and the big model's rows stay.
+    assert kept == [_row("small", "sleb", 0.2), _row("big", "dense", 0.0), _row("big", "sleb", 0.2)]
+
+
+def test_merged_rows_group_by_model_then_ratio():
+    kept = [_row("small", "sleb", 0.2), _row("big", "sleb", 0.2)]
+    new = [_row("small", "dense", 0.0), _row("small", "sleb", 0.1)]
+
+    merged = merge_quality_rows(kept, new)
+
+    assert merged == [_row("small", "dense", 0.0), _row("small", "sleb", 0.1), _row("small", "sleb", 0.2),
+                      _row("big", "sleb", 0.2)]
