@@ -9,7 +9,7 @@ from bench.verdict import BROWN_PPL, CLOZE_PREFIX, HELDOUT_PPL, PPL_TIE_BAND, cl
 
 MODE_NOTES = {
     "quick": "**This page comes from the quick mode** (`--quick`): small calibration and held-out sets, "
-             "a small lm_eval limit, one removal ratio and fewer budgets. Its numbers are noisier than "
+             "a small lm_eval limit, fewer budgets and, by default, SmolLM2 at one removal ratio. Its numbers are noisier than "
              "those of the full mode (`make bench`).",
     "smoke": "**This page comes from the smoke mode** (`--smoke`), which only checks that every section "
              "runs. Its numbers mean nothing.",
@@ -58,7 +58,7 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
         "numbers measured in the same run",
     ]
     if results.get("section_dates"):
-        lines.append("- each section finished at: " + ", ".join(
+        lines.append("- date of each section (when it finished, or when its run started if merged from an older run): " + ", ".join(
             f"{name} {date}" for name, date in results["section_dates"].items()))
     if results.get("load_average"):
         lines.append("- 1-minute load average at the end of each section (the machine has "

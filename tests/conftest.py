@@ -90,7 +90,7 @@ def postgres_url() -> str | None:
     return os.environ.get("COMPRESSOR_TEST_PG_URL")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path) -> str:
     """A fresh, empty store URL on each backend.
 
