@@ -58,8 +58,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Comma-separated removal ratios for the quality section, for example 0.1,0.35 "
                         "(default: the mode's ratios).")
     parser.add_argument("--merge", action="store_true",
-                        help="Keep the sections (and, for --models, the other models' quality rows) of the mode's "
-                        "existing results JSON that this run does not redo.")
+                        help="Keep what this run does not redo from the mode's existing results JSON: other "
+                        "sections, and quality rows of other models or ratios (see --models, --ratios).")
     parser.add_argument("--render", action="store_true",
                         help="Only rewrite the markdown page from the mode's existing results JSON.")
     parser.add_argument("--collect", action="store_true",
@@ -106,13 +106,15 @@ class Benchmark:
         self.json_path = json_path
         self.console = Console()
         self.started = time.perf_counter()
+        # Results of an earlier run that --merge builds on; empty otherwise.
+        self.previous: dict = {}
         mode_flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[settings.mode]
         self.results: dict[str, object] = {
             "mode": settings.mode,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python bench/run.py" + ("" if not argv else " " + shlex.join(argv)),
             "reproduce": f"python bench/run.py{mode_flag}" + "".join(
-                f" --models {value}" for flag, value in zip(argv, argv[1:]) if flag == "--models"),
+                f" {flag} {value}" for flag, value in zip(argv, argv[1:]) if flag in ("--models", "--ratios")),
             "settings": settings.to_dict(),
             "json_name": json_path.name,
             "json_link": os.path.relpath(json_path, out.parent),
@@ -160,10 +162,9 @@ class Benchmark:
 
         Empty without --merge. A rerun model gets its dense row again, so the old one goes.
         """
-        previous = getattr(self, "previous", None) or {}
         redo = {model.source: set(model.ratios) for model in runs}
         kept = []
-        for row in previous.get("sections", {}).get("quality", []):
+        for row in self.previous.get("sections", {}).get("quality", []):
             ratios = redo.get(row["model"])
             if ratios is None or (row["method"] != "dense" and row["ratio"] not in ratios):
                 kept.append(row)

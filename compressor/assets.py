@@ -366,10 +366,9 @@ def asset_dir(name: str) -> Path:
 def is_pulled(name: str) -> bool:
     """Return whether the asset is built, by the builder version this release uses."""
     asset, _ = _split_name(name)
-    path = asset_dir(name) / MANIFEST
-    if not path.is_file():
+    if not (asset_dir(name) / MANIFEST).is_file():
         return False
-    return json.loads(path.read_text()).get("build_version", 1) == asset.build_version
+    return manifest(name).get("build_version", 1) == asset.build_version
 
 
 def manifest(name: str) -> dict:

@@ -118,6 +118,14 @@ GGUF_CONVERSION_VERSION = 2
 _GGUF_NORMAL_TOKEN = 1
 
 
+def _first_ids(tokens: list[str]) -> dict[str, int]:
+    """Map each piece to its first id; a piece listed twice keeps the lower id."""
+    ids: dict[str, int] = {}
+    for index, token in enumerate(tokens):
+        ids.setdefault(token, index)
+    return ids
+
+
 def sentencepiece_bpe_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
     """Derive BPE merges from a SentencePiece BPE vocabulary, whose scores rank its pieces.
 
@@ -125,9 +133,7 @@ def sentencepiece_bpe_merges(tokens: list[str], scores: list[float], types: list
     pieces that are both in the vocabulary. Its merges take the piece's priority (a higher
     score merges first), and splits of one piece are ordered by the ids of their halves.
     """
-    ids: dict[str, int] = {}
-    for index, token in enumerate(tokens):
-        ids.setdefault(token, index)
+    ids = _first_ids(tokens)
     ranked: list[tuple[float, int, int, str, str]] = []
     for index, piece in enumerate(tokens):
         if types[index] != _GGUF_NORMAL_TOKEN or len(piece) < 2 or ids[piece] != index:
@@ -169,9 +175,7 @@ def _repair_sentencepiece_bpe(gguf: Path, tokenizer) -> None:
     types = list(fields["tokenizer.ggml.token_type"].contents())
     unk = fields["tokenizer.ggml.unknown_token_id"].contents() if "tokenizer.ggml.unknown_token_id" in fields else None
     merges = sentencepiece_bpe_merges(tokens, scores, types)
-    vocab: dict[str, int] = {}
-    for index, token in enumerate(tokens):
-        vocab.setdefault(token, index)
+    vocab = _first_ids(tokens)
     state["model"] = {
         "type": "BPE", "dropout": None, "unk_token": None if unk is None else tokens[int(unk)],
         "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,

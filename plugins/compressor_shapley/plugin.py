@@ -318,9 +318,13 @@ def estimate(engine: UtilityEngine, count: int, config: ShapleyConfig, settings:
             start_mask = selection.mask_of(num_layers, selected)
             budget = settings["exchange_budget"] - (0 if engine.known(start_mask) else 1)
             spent_before = engine.stats["evaluations"]
-            start_nll = float(engine.evaluate([start_mask])[0])
-            singles = {layer: engine.nll(mask) for layer in range(num_layers)
-                       if engine.known(mask := selection.mask_of(num_layers, [layer]))}
+            start_nll = engine.nll(start_mask)
+            # Single-layer losses already evaluated let the search skip layers too costly to add.
+            singles = {}
+            for layer in range(num_layers):
+                single = selection.mask_of(num_layers, [layer])
+                if engine.known(single):
+                    singles[layer] = engine.nll(single)
             exchange = selection.exchange_search(
                 engine.evaluate, engine.known, selected, start_nll, num_layers,
                 budget=max(0, budget), single_nll=singles, full_nll=full_nll,

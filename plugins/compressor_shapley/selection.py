@@ -262,9 +262,9 @@ def exchange_search(
     alone (S without j) and with each kept layer i removed in addition (S with i). The loss of
     the swap "put j back, remove i" is predicted to first order as
     ``NLL(S) − (NLL(S) − NLL(S∖j)) + (NLL(S∪i) − NLL(S))``, and the swaps are then evaluated
-    on the real model in order of that prediction. The first swap that lowers the real loss
-    is accepted, and the walk goes on down the same ranking (swaps that no longer apply to the
-    new set are skipped) until ``pairs_per_pass`` swaps in a row (default: the set size, at
+    on the real model in order of that prediction. Every swap that lowers the real loss is
+    accepted, and the walk goes on down the same ranking, skipping swaps that no longer apply
+    to the new set. It stops when ``pairs_per_pass`` swaps in a row (default: the set size, at
     least 4) bring no gain. The marginals are then measured again around the new set. After a
     pass with no gain, or when the rest of ``budget`` cannot pay for the next pass's marginals,
     the rest of the budget goes further down the last ranking. Masks already known (``known``)
@@ -282,16 +282,17 @@ def exchange_search(
     swaps: list[dict] = []
     tried: set[str] = {mask_of(num_layers, current)}
 
-    def run(masks: list[str]) -> np.ndarray:
-        nonlocal spent
-        spent += sum(1 for m in masks if not known(m))
-        return np.asarray(real_nll(masks), dtype=float)
-
     def cost(masks: list[str]) -> int:
+        """Count the masks not evaluated yet, which are the only ones that spend budget."""
         return sum(1 for m in masks if not known(m))
 
+    def run(masks: list[str]) -> np.ndarray:
+        nonlocal spent
+        spent += cost(masks)
+        return np.asarray(real_nll(masks), dtype=float)
+
     def walk(predictions: list[tuple[float, int, int]], max_misses: float) -> bool:
-        """Evaluate the ranked swaps until ``max_misses`` in a row fail; return whether one was accepted.
+        """Evaluate the ranked swaps until ``max_misses`` in a row fail, and return whether one was accepted.
 
         After an accepted swap the same marginals still rank the rest (a first-order guess for
         the new set), and swaps that no longer apply are skipped.

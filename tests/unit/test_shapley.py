@@ -323,7 +323,7 @@ def test_exchange_search_respects_budget_and_filter():
     result = selection.exchange_search(real_nll, known, start, start_nll, 10, budget=6,
                                        single_nll=singles, full_nll=0.0)
     # Layers 0, 6, 7, 8 and 9 cost more alone than the whole start set (1.2), so one pass needs
-    # 3 put-back and 2 added masks; the sixth evaluation is the best predicted swap, 1 for 3.
+    # 3 put-back and 2 added masks. The sixth evaluation is the best predicted swap, 1 for 3.
     assert result.evaluations == 6
     assert len(set(calls)) - before == 6
     assert not any(selection.mask_of(10, [1, 4, 5, j]) in calls for j in (0, 6, 7, 8, 9))
