@@ -267,8 +267,10 @@ def exchange_search(
     to the new set. It stops when ``pairs_per_pass`` swaps in a row (default: the set size, at
     least 4) bring no gain. The marginals are then measured again around the new set. After a
     pass with no gain, or when the rest of ``budget`` cannot pay for the next pass's marginals,
-    the rest of the budget goes further down the last ranking. Masks already known (``known``)
-    cost nothing.
+    the rest of the budget goes further down the last ranking. When the budget cannot pay for
+    even the first pass, that pass measures only the kept layers with the lowest single-layer
+    loss, as many as half of the budget allows, so the budget is not left unused. Masks
+    already known (``known``) cost nothing.
 
     ``single_nll`` maps a layer to the loss with that layer alone removed. A kept layer whose
     single removal already costs more than the whole current set (over ``full_nll``) is not
@@ -334,7 +336,17 @@ def exchange_search(
         back_masks = [mask_of(num_layers, [r for r in current if r != j]) for j in current]
         add_masks = [mask_of(num_layers, current + [i]) for i in kept]
         if cost(back_masks + add_masks) > budget - spent:
-            break
+            if predictions or not single_nll:
+                break
+            # Not even one full pass fits the budget. Rather than leave it unused, measure the
+            # added-layer marginals only for the kept layers that cost least alone, and keep
+            # half of the budget for trying swaps.
+            room = (budget - spent) // 2 - cost(back_masks)
+            if room < 1:
+                break
+            kept = sorted(sorted(kept, key=lambda i: (single_nll.get(i, math.inf), i))[:room])
+            add_masks = [mask_of(num_layers, current + [i]) for i in kept]
+            log.info("exchange: the budget is too small for one full pass, so only %d kept layers are measured", len(kept))
         back = run(back_masks)
         add = run(add_masks)
         predictions = []

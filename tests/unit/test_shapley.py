@@ -347,6 +347,22 @@ def test_exchange_search_spends_leftover_budget():
     assert result.evaluations <= 50
 
 
+def test_exchange_search_partial_first_pass():
+    real_nll, known, calls = _additive_with_interaction()
+    start = [1, 2, 5]
+    singles = {i: float(real_nll([selection.mask_of(10, [i])])[0]) for i in range(10)}
+    before = set(calls)
+    result = selection.exchange_search(real_nll, known, start, 1.8, 10, budget=9, single_nll=singles)
+    # A full pass needs 3 put-back and 7 added masks, more than the budget of 9. Half of it
+    # pays for the 3 put-back masks and one added layer, 4, the one that costs least alone.
+    added = [m for m in set(calls) - before if m.count("0") == 4]
+    assert added == [selection.mask_of(10, [1, 2, 4, 5])]
+    # The best predicted swap, 2 for 4, gives {1, 4, 5} with loss 1.2.
+    assert result.selected == [1, 4, 5]
+    assert result.nll == pytest.approx(1.2)
+    assert 0 < result.evaluations <= 9
+
+
 def test_focused_strata_surround_target():
     assert sampling.focused_strata(30, 6) == [29, 26, 24, 22]
     assert sampling.focused_strata(30, 11) == [29, 21, 19, 17]
