@@ -66,8 +66,13 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
                      + ", ".join(f"{name} {value:.1f}" for name, value in results["load_average"].items()))
     if results.get("note"):
         lines.append(f"- note: {results['note']}")
+    # One line per folder of quality-bar files: the page and its JSON.
+    folders: dict[str, list[Path]] = {}
     for path in quality_bar:
-        lines.append(f"- quality bar of the Shapley CPU default: [{path.name}](benchmarks/{path.name})")
+        folders.setdefault(path.parent.as_posix(), []).append(path)
+    for paths in folders.values():
+        links = ", ".join(f"[{Path(*path.parts[1:]).as_posix()}]({path.as_posix()})" for path in paths)
+        lines.append(f"- quality bar of the Shapley CPU default against SLEB: {links}")
     return lines + [""]
 
 
@@ -199,7 +204,7 @@ def _quantize(section: dict[str, Any]) -> list[str]:
                      _num(m.get("size.bits_per_param"), 3), _num(m.get("size.latency_ms")),
                      _num(row["seconds"], 3)])
     lines += _table(["variant", "held-out ppl", "disk MB", "bits / param", "latency ms", "run s"], body)
-    lines += ["", "Bits per parameter divide the saved size by every parameter, the input embedding included. "
+    lines += ["Bits per parameter divide the saved size by every parameter, the input embedding included. "
               "GPTQ leaves that embedding (tied to the output head) in float32, so it lifts the figure of a "
               "4-bit model well above 4. In SmolLM2 the embedding holds 28.3M of 134.5M parameters; at 32 bits "
               "it alone accounts for 6.7 bits per parameter of the whole model, and for more once layers are "

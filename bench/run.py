@@ -90,8 +90,16 @@ def output_paths(args: argparse.Namespace, mode: str) -> tuple[Path, Path]:
 
 
 def quality_bar_files(out: Path) -> list[Path]:
+    """List the quality-bar pages and JSON files beside the page ``out``, relative to its folder.
+
+    ``bench/quality_bar.py`` writes them to docs/benchmarks by default, and runs on other
+    models go to subfolders named ``quality_bar_<model>``.
+    """
     folder = out.parent / "benchmarks"
-    return [path for path in (folder / "quality_bar.md", folder / "quality_bar.json") if path.exists()]
+    found = [folder / "quality_bar.md", folder / "quality_bar.json"]
+    for sub in sorted(folder.glob("quality_bar_*")):
+        found += [sub / "quality_bar.md", sub / "quality_bar.json"]
+    return [path.relative_to(out.parent) for path in found if path.exists()]
 
 
 class Benchmark:

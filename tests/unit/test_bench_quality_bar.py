@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.quality_bar import parse_overrides, render
@@ -46,3 +48,18 @@ def test_render_summarises_each_target():
     text = render(_results(44.0))
     assert "- 20 %: over 1 seeds shapley wins 0, ties 0 and loses 1 against SLEB" in text
     assert "+10.0 % from SLEB's, with at most 150 real evaluations against SLEB's 154." in text
+
+
+def test_quality_bar_files_include_model_folders(tmp_path: Path):
+    from bench.run import quality_bar_files
+
+    folder = tmp_path / "benchmarks"
+    (folder / "quality_bar_gemma3").mkdir(parents=True)
+    for path in (folder / "quality_bar.md", folder / "quality_bar_gemma3" / "quality_bar.md",
+                 folder / "quality_bar_gemma3" / "quality_bar.json"):
+        path.write_text("x")
+
+    found = quality_bar_files(tmp_path / "benchmarks.md")
+
+    assert found == [Path("benchmarks/quality_bar.md"), Path("benchmarks/quality_bar_gemma3/quality_bar.md"),
+                     Path("benchmarks/quality_bar_gemma3/quality_bar.json")]
