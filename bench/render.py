@@ -180,10 +180,40 @@ def _budget(section: dict[str, Any]) -> list[str]:
                      str(row["selected"])])
     lines += _table(["evaluations", "semivalue", "selection", "held-out ppl", "Jaccard vs reference", "surrogate R²",
                      "surrogate Spearman", "new evaluations", "s", "layers removed"], body)
+    lines += _budget_summary(section)
     if section.get("skipped_selections"):
         lines += [f"Not run, because the installed estimator has no such selection: "
                   f"{', '.join(section['skipped_selections'])}.", ""]
     return lines
+
+
+# The published configuration evaluates 1,600 masks in each of its 5 strata.
+PUBLISHED_BUDGET = 8000
+
+
+def _budget_summary(section: dict[str, Any]) -> list[str]:
+    """State, per (semivalue, selection), the smallest budget whose choice is as good as the reference's."""
+    reference = section["reference"]["ppl_token"]
+    reached: dict[tuple[str, str], int | None] = {}
+    for row in section["rows"]:
+        key = (row["semivalue"], row["selection"])
+        reached.setdefault(key, None)
+        if "error" in row or reached[key] is not None:
+            continue
+        if row["ppl_token"] <= reference * (1 + PPL_TIE_BAND):
+            reached[key] = row["budget"]
+    if not reached:
+        return []
+    hits = [f"`{s}`/`{k}` at {b}" for (s, k), b in reached.items() if b is not None]
+    misses = [f"`{s}`/`{k}`" for (s, k), b in reached.items() if b is None]
+    largest = max(row["budget"] for row in section["rows"])
+    lines = [f"Held-out perplexity within {PPL_TIE_BAND:.0%} of the reference's, at the smallest budget "
+             f"tried: {', '.join(hits) if hits else 'none'}."]
+    if misses:
+        lines.append(f"Not reached up to {largest} evaluations: {', '.join(misses)}.")
+    lines.append(f"The published configuration spends {PUBLISHED_BUDGET:,} evaluations at L = 32, so a tenth "
+                 f"of it is {PUBLISHED_BUDGET // 10}.")
+    return [" ".join(lines), ""]
 
 
 def _quantize(section: dict[str, Any]) -> list[str]:
