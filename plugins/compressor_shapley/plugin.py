@@ -315,18 +315,23 @@ def estimate(engine: UtilityEngine, count: int, config: ShapleyConfig, settings:
             log.warning("active search found no set with a finite loss; starting from the lowest values")
             selected = selection.one_shot(values, count)
         if settings["exchange_budget"] > 0:
+            # Masks this estimate evaluated before the exchange search. The search treats only
+            # these as free, so that its path, and its evaluations, are the same on a rerun,
+            # when the store already knows every mask.
+            prior = set(masks) | set(active.evaluated)
+            known = prior.__contains__
             start_mask = selection.mask_of(num_layers, selected)
-            budget = settings["exchange_budget"] - (0 if engine.known(start_mask) else 1)
+            budget = settings["exchange_budget"] - (0 if known(start_mask) else 1)
             spent_before = engine.stats["evaluations"]
             start_nll = engine.nll(start_mask)
             # Single-layer losses already evaluated let the search skip layers too costly to add.
             singles = {}
             for layer in range(num_layers):
                 single = selection.mask_of(num_layers, [layer])
-                if engine.known(single):
+                if known(single):
                     singles[layer] = engine.nll(single)
             exchange = selection.exchange_search(
-                engine.evaluate, engine.known, selected, start_nll, num_layers,
+                engine.evaluate, known, selected, start_nll, num_layers,
                 budget=max(0, budget), single_nll=singles, full_nll=full_nll,
             )
             if np.isfinite(exchange.nll):

@@ -284,13 +284,17 @@ def exchange_search(
     swaps: list[dict] = []
     tried: set[str] = {mask_of(num_layers, current)}
 
+    # Masks this search has evaluated, which cost nothing when they are requested again.
+    evaluated: set[str] = set()
+
     def cost(masks: list[str]) -> int:
-        """Count the masks not evaluated yet, which are the only ones that spend budget."""
-        return sum(1 for m in masks if not known(m))
+        """Count the distinct masks neither known nor evaluated here, the only ones that spend budget."""
+        return len({m for m in masks if not known(m) and m not in evaluated})
 
     def run(masks: list[str]) -> np.ndarray:
         nonlocal spent
         spent += cost(masks)
+        evaluated.update(masks)
         return np.asarray(real_nll(masks), dtype=float)
 
     def walk(predictions: list[tuple[float, int, int]], max_misses: float) -> bool:
