@@ -317,7 +317,7 @@ def estimate(engine: UtilityEngine, count: int, config: ShapleyConfig, settings:
         if settings["exchange_budget"] > 0:
             # Masks this estimate evaluated before the exchange search. The search treats only
             # these as free, so that its path, and its evaluations, are the same on a rerun,
-            # when the store already knows every mask.
+            # when the store already contains every mask.
             prior = set(masks) | set(active.evaluated)
             known = prior.__contains__
             start_mask = selection.mask_of(num_layers, selected)
