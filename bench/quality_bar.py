@@ -91,8 +91,6 @@ def run_shapley(handle, batches, ratio: float, seed: int, overrides: dict[str, A
     }
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

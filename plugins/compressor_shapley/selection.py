@@ -331,31 +331,32 @@ def exchange_search(
     predictions: list[tuple[float, int, int]] = []
     while spent < budget and count > 0:
         removed = set(current)
-        kept = [i for i in range(num_layers) if i not in removed]
+        removable = [i for i in range(num_layers) if i not in removed]
         if single_nll and full_nll is not None:
             allowance = best - full_nll
-            kept = [i for i in kept if single_nll.get(i, -math.inf) - full_nll <= allowance]
-        if not kept:
+            removable = [i for i in removable if single_nll.get(i, -math.inf) - full_nll <= allowance]
+        if not removable:
             break
         back_masks = [mask_of(num_layers, [r for r in current if r != j]) for j in current]
-        add_masks = [mask_of(num_layers, current + [i]) for i in kept]
+        add_masks = [mask_of(num_layers, current + [i]) for i in removable]
         if cost(back_masks + add_masks) > budget - spent:
             if predictions or not single_nll:
                 break
             # Not even one full pass fits the budget. Rather than leave it unused, measure the
-            # added-layer marginals only for the kept layers that cost least alone, and keep
+            # added-layer marginals only for the removable layers that cost least alone, and keep
             # half of the budget for trying swaps.
             room = (budget - spent) // 2 - cost(back_masks)
             if room < 1:
                 break
-            kept = sorted(sorted(kept, key=lambda i: (single_nll.get(i, math.inf), i))[:room])
-            add_masks = [mask_of(num_layers, current + [i]) for i in kept]
-            log.info("exchange: the budget is too small for one full pass, so only %d kept layers are measured", len(kept))
+            removable = sorted(sorted(removable, key=lambda i: (single_nll.get(i, math.inf), i))[:room])
+            add_masks = [mask_of(num_layers, current + [i]) for i in removable]
+            log.info("exchange: the budget is too small for one full pass, so only %d removable layers "
+                     "are measured", len(removable))
         back = run(back_masks)
         add = run(add_masks)
         predictions = []
         for a, j in enumerate(current):
-            for b, i in enumerate(kept):
+            for b, i in enumerate(removable):
                 # NLL(S) minus the gain of putting j back plus the penalty of removing i.
                 predicted = back[a] + add[b] - best
                 if np.isfinite(predicted):
