@@ -35,6 +35,21 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
+def _quality_models(results: dict[str, Any]) -> list[tuple[str, list[float]]]:
+    """List each model of the quality section with its removal ratios.
+
+    The ratios come from the measured rows when there are any, because a page merged from
+    several runs may have settings for rows that were never run.
+    """
+    rows = [row for row in results["sections"].get("quality", []) if row["method"] != "dense"]
+    if not rows:
+        return [(model["source"], model["ratios"]) for model in results["settings"]["models"]]
+    measured: dict[str, set[float]] = {}
+    for row in rows:
+        measured.setdefault(row["model"], set()).add(row["ratio"])
+    return [(source, sorted(ratios)) for source, ratios in measured.items()]
+
+
 def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
     machine = results["machine"]
     cfg = results["settings"]
@@ -52,7 +67,7 @@ def _header(results: dict[str, Any], quality_bar: list[Path]) -> list[str]:
         f"tokens; held-out `sotu:heldout` {cfg['heldout_samples']} × {cfg['heldout_seq_len']}; Brown "
         f"{cfg['brown_samples']} × {cfg['brown_seq_len']}; lm_eval limit {cfg['lm_eval_limit']} examples per task",
         "- models of the quality section: " + "; ".join(
-            f"{model['source']} at ratios {', '.join(f'{r:g}' for r in model['ratios'])}" for model in cfg["models"]),
+            f"{source} at ratios {', '.join(f'{r:g}' for r in ratios)}" for source, ratios in _quality_models(results)),
         f"- raw results: [{results['json_name']}]({results['json_link']})",
         "- every timing is the median of repeats or one run as stated, and every ratio compares "
         "numbers measured in the same run",

@@ -1,8 +1,8 @@
-"""The budget-curve summary of the benchmark page."""
+"""The budget-curve summary and the header of the benchmark page."""
 
 from __future__ import annotations
 
-from bench.render import _budget_summary
+from bench.render import _budget_summary, _quality_models
 
 
 def _row(budget: int, selection: str, ppl: float) -> dict:
@@ -30,3 +30,24 @@ def test_budget_summary_skips_failed_rows():
     ]}
 
     assert "`paper`/`active` at 128" in _budget_summary(section)[0]
+
+
+def test_quality_models_come_from_rows():
+    # A merged page whose settings name a model that never ran in the quality section.
+    results = {
+        "settings": {"models": [{"source": "smollm2-135m", "ratios": [0.2]},
+                                {"source": "gemma3-270m", "ratios": [0.1, 0.2]}]},
+        "sections": {"quality": [
+            {"model": "smollm2-135m", "method": "dense", "ratio": 0.0},
+            {"model": "smollm2-135m", "method": "sleb", "ratio": 0.35},
+            {"model": "smollm2-135m", "method": "sleb", "ratio": 0.1},
+        ]},
+    }
+
+    assert _quality_models(results) == [("smollm2-135m", [0.1, 0.35])]
+
+
+def test_quality_models_fall_back_to_settings():
+    results = {"settings": {"models": [{"source": "smollm2-135m", "ratios": [0.2]}]}, "sections": {}}
+
+    assert _quality_models(results) == [("smollm2-135m", [0.2])]
