@@ -4,8 +4,9 @@
     python bench/run.py --quick    # quick mode (`make bench-quick`)
     python bench/run.py --smoke    # tiny settings that only check every section end to end
 
-NOTE: the full mode has never been run. From the quick mode's cost per run it should take
-several hours on 2 CPU cores, most of them on Gemma-3-270m. The quick mode with
+NOTE: the full mode has only run in parts, merged with ``--merge``
+(docs/benchmarks-full.md says which). Those parts took several hours on 2 CPU cores, most of
+them in the quality section. The quick mode with
 ``--models smollm2-135m,gemma3-270m`` took 21 minutes on 2 cores (cost 0.5, quality 14,
 budget 4, prune + GPTQ 2.6), with other light work on the machine. Each output records how
 long its mode took.
@@ -156,6 +157,10 @@ class Benchmark:
                     self.results.setdefault(key, {})[name] = previous[key][name]
             self.results.setdefault("section_dates", {})[name] = dates.get(name, previous["date"])
         self.results["command"] = f"{previous['command']}, then {self.results['command']}"
+        if previous.get("note"):
+            # The note is written by hand, so it is kept, but it does not yet describe this run.
+            self.results["note"] = previous["note"]
+            log.warning("kept the note of the earlier results; edit it in %s to describe this run too", self.json_path)
         merged = {model["source"]: sorted(model["ratios"]) for model in previous["settings"]["models"]}
         for model in self.results["settings"]["models"]:
             merged[model["source"]] = sorted(set(merged.get(model["source"], [])) | set(model["ratios"]))

@@ -38,6 +38,15 @@ def test_merge_keeps_sections_not_rerun(tmp_path: Path):
         "small": [0.1, 0.2], "big": [0.2]}
 
 
+def test_merge_keeps_the_note(tmp_path: Path):
+    settings = settings_for("quick")
+    bench = Benchmark(settings, tmp_path, tmp_path / "b.md", tmp_path / "b.json", ["--quick", "--merge"])
+
+    bench.merge_previous({**_previous(), "note": "run 1 shared the CPU"}, ["cost"])
+
+    assert bench.results["note"] == "run 1 shared the CPU"
+
+
 def test_previous_rows_drop_only_what_is_rerun(tmp_path: Path):
     settings = settings_for("quick")
     bench = Benchmark(settings, tmp_path, tmp_path / "b.md", tmp_path / "b.json", [])
