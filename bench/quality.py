@@ -126,6 +126,17 @@ def _result_row(source: str, name: str, ratio: float, count: int, outcome: dict[
     }
 
 
+def oracle_skip_row(settings: Settings, source: str, name: str, ratio: float, depth: int,
+                    count: int) -> dict[str, Any] | None:
+    """Return the row of an oracle with more subsets to try than the cap allows, or None to run it."""
+    subsets = math.comb(depth, count)
+    if name != "oracle" or subsets <= settings.oracle_max_subsets:
+        return None
+    reason = f"C({depth}, {count}) = {subsets} subsets is above the cap of {settings.oracle_max_subsets}"
+    return {"model": source, "method": name, "ratio": ratio, "layers_removed": count, "status": "skipped",
+            "reason": reason}
+
+
 def collect_quality(settings: Settings, work: Path, num_layers: dict[str, int]) -> list[dict[str, Any]]:
     """Build the quality rows from the runs that finished in ``work``; the others are marked not run.
 
@@ -145,7 +156,9 @@ def collect_quality(settings: Settings, work: Path, num_layers: dict[str, int]) 
             count = TargetConfig(ratio=ratio).layers_to_remove(num_layers[model.source])
             for spec in method_specs(settings):
                 name = spec["plugin"]
-                if name == "oracle" and math.comb(num_layers[model.source], count) > settings.oracle_max_subsets:
+                skipped = oracle_skip_row(settings, model.source, name, ratio, num_layers[model.source], count)
+                if skipped is not None:
+                    results.append(skipped)
                     continue
                 path = compare_folder(work, model.source, name, ratio) / "comparison.json"
                 if not path.exists():
@@ -189,12 +202,10 @@ def run_quality(settings: Settings, work: Path, num_layers: dict[str, int], cons
             count = TargetConfig(ratio=ratio).layers_to_remove(depth)
             for spec in method_specs(settings):
                 name = spec["plugin"]
-                if name == "oracle" and math.comb(depth, count) > settings.oracle_max_subsets:
-                    reason = (f"C({depth}, {count}) = {math.comb(depth, count)} subsets is above the cap of "
-                              f"{settings.oracle_max_subsets}")
-                    log.info("oracle skipped for %s at ratio %s: %s", model.source, ratio, reason)
-                    results.append({"model": model.source, "method": name, "ratio": ratio, "layers_removed": count,
-                                    "status": "skipped", "reason": reason})
+                skipped = oracle_skip_row(settings, model.source, name, ratio, depth, count)
+                if skipped is not None:
+                    log.info("oracle skipped for %s at ratio %s: %s", model.source, ratio, skipped["reason"])
+                    results.append(skipped)
                     continue
                 folder = compare_folder(work, model.source, name, ratio)
                 folder.mkdir(parents=True, exist_ok=True)

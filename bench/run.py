@@ -68,7 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Only rewrite the markdown page from the mode's existing results JSON.")
     parser.add_argument("--collect", action="store_true",
                         help="Rebuild the quality section from the finished runs in --work-dir of a stopped run, "
-                        "keep the other sections of the mode's results JSON, and rewrite the page.")
+                        "keep the other sections of the mode's results JSON, and rewrite the page. With --merge, "
+                        "its quality rows of models and ratios that the stopped run did not cover stay too.")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="Folder for stores and run outputs (default a temporary folder, deleted at the end).")
     return parser.parse_args(argv)
@@ -178,13 +179,7 @@ class Benchmark:
 
         Empty without --merge. A rerun model gets its dense row again, so the old one goes.
         """
-        redo = {model.source: set(model.ratios) for model in runs}
-        kept = []
-        for row in self.previous.get("sections", {}).get("quality", []):
-            ratios = redo.get(row["model"])
-            if ratios is None or (row["method"] != "dense" and row["ratio"] not in ratios):
-                kept.append(row)
-        return kept
+        return rows_not_redone(self.previous.get("sections", {}).get("quality", []), runs)
 
     def section(self, name: str, function) -> None:
         self.console.rule(f"section: {name}")
@@ -277,10 +272,21 @@ def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: 
     # Decoder layers of the built-in model assets, so that collecting loads no model.
     depths = {model.source: 30 if model.source == "smollm2-135m" else 18 for model in settings.models}
     rows = collect_quality(settings, args.work_dir, depths)
+    # The stopped run saved each finished row, wall seconds included, which the finished runs'
+    # files lack. A saved row with the same metrics is that same run, so its seconds carry over.
+    saved = {(row["model"], row["method"], row["ratio"]): row for row in results["sections"].get("quality", [])}
+    for row in rows:
+        match = saved.get((row["model"], row["method"], row["ratio"]))
+        if match is not None and row.get("wall_seconds") is None and match.get("metrics") == row.get("metrics"):
+            row["wall_seconds"] = match.get("wall_seconds")
+    if args.merge:
+        # The stopped run merged into earlier results, so their rows of other models and ratios stay.
+        rows = merge_quality_rows(rows_not_redone(results["sections"].get("quality", []), settings.models), rows)
+    else:
+        results["note"] = ("the run was stopped during the quality section; that section was rebuilt with "
+                           "`--collect` from the runs that had finished, and the later sections did not run")
     results["sections"]["quality"] = rows
     results["sections"]["verdict"] = build_verdict(rows)
-    results["note"] = ("the run was stopped during the quality section; that section was rebuilt with "
-                       f"`--collect` from the runs that had finished, and the later sections did not run")
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     out.write_text(render(results, quality_bar_files(out)))
     log.info("wrote %s and %s from the finished runs in %s", out, json_path, args.work_dir)
@@ -370,6 +376,20 @@ def checked_bigbench_dir(folder: str) -> str:
         except CompressorError as exc:
             raise SystemExit(f"--bigbench-dir: {exc}") from None
     return str(path)
+
+
+def rows_not_redone(rows: list[dict], runs: list) -> list[dict]:
+    """Return the quality rows whose model and ratio ``runs`` (ModelRun list) do not measure again.
+
+    A model that runs again gets its dense row again, so its old dense row is left out too.
+    """
+    redo = {model.source: set(model.ratios) for model in runs}
+    kept = []
+    for row in rows:
+        ratios = redo.get(row["model"])
+        if ratios is None or (row["method"] != "dense" and row["ratio"] not in ratios):
+            kept.append(row)
+    return kept
 
 
 def merge_quality_rows(kept: list[dict], new: list[dict]) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.run import Benchmark, merge_quality_rows
+from bench.run import Benchmark, merge_quality_rows, rows_not_redone
 from bench.settings import ModelRun, settings_for
 
 
@@ -66,3 +66,11 @@ def test_merged_rows_group_by_model_then_ratio():
 
     assert merged == [_row("small", "dense", 0.0), _row("small", "sleb", 0.1), _row("small", "sleb", 0.2),
                       _row("big", "sleb", 0.2)]
+
+
+def test_rows_not_redone_keeps_other_models():
+    rows = _previous()["sections"]["quality"]
+
+    kept = rows_not_redone(rows, [ModelRun("big", [0.2])])
+
+    assert kept == [_row("small", "dense", 0.0), _row("small", "sleb", 0.2)]

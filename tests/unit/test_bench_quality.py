@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality import evaluator_stages
+from bench.quality import evaluator_stages, oracle_skip_row
 from bench.render import _quality
 from bench.run import checked_bigbench_dir
 from bench.settings import settings_for
@@ -68,3 +68,19 @@ def test_quality_intro_names_bigbench_folder():
 
     assert "`/data/bigbench/benchmark_tasks`" in text
     assert "not measured" not in text
+
+
+def test_oracle_skip_row_above_cap():
+    settings = settings_for("quick")
+
+    row = oracle_skip_row(settings, "gemma", "oracle", 0.2, 18, 4)
+
+    assert row["status"] == "skipped"
+    assert row["reason"] == f"C(18, 4) = 3060 subsets is above the cap of {settings.oracle_max_subsets}"
+
+
+def test_oracle_skip_row_runs_small_oracle_and_other_methods():
+    settings = settings_for("quick")
+
+    assert oracle_skip_row(settings, "gemma", "oracle", 0.1, 18, 2) is None
+    assert oracle_skip_row(settings, "gemma", "sleb", 0.2, 18, 4) is None
