@@ -384,12 +384,12 @@ def rows_not_redone(rows: list[dict], runs: list) -> list[dict]:
     A model that runs again gets its dense row again, so its old dense row is left out too.
     """
     redo = {model.source: set(model.ratios) for model in runs}
-    kept = []
+    remaining = []
     for row in rows:
         ratios = redo.get(row["model"])
         if ratios is None or (row["method"] != "dense" and row["ratio"] not in ratios):
-            kept.append(row)
-    return kept
+            remaining.append(row)
+    return remaining
 
 
 def merge_quality_rows(kept: list[dict], new: list[dict]) -> list[dict]:
