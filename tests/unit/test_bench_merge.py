@@ -71,6 +71,44 @@ def test_merged_rows_group_by_model_then_ratio():
 def test_rows_not_redone_keeps_other_models():
     rows = _previous()["sections"]["quality"]
 
-    kept = rows_not_redone(rows, [ModelRun("big", [0.2])])
+    remaining = rows_not_redone(rows, [ModelRun("big", [0.2])])
 
-    assert kept == [_row("small", "dense", 0.0), _row("small", "sleb", 0.2)]
+    assert remaining == [_row("small", "dense", 0.0), _row("small", "sleb", 0.2)]
+
+
+def test_collect_merge_keeps_other_rows_and_saved_seconds(tmp_path: Path):
+    import argparse
+    import json
+    import shutil
+
+    from bench.quality import compare_folder
+    from bench.run import collect
+
+    # A real results document of the quick mode, so that the page renders as it does for users.
+    root = Path(__file__).resolve().parents[2]
+    json_path = tmp_path / "benchmarks" / "results-quick.json"
+    json_path.parent.mkdir()
+    shutil.copy(root / "docs" / "benchmarks" / "results-quick.json", json_path)
+    before = json.loads(json_path.read_text())["sections"]["quality"]
+    saved_sleb = next(r for r in before if (r["model"], r["method"], r["ratio"]) == ("gemma3-270m", "sleb", 0.1))
+    # The stopped run finished only SLEB at 0.1, and its comparison file has the same metrics as the saved row.
+    work = tmp_path / "work"
+    folder = compare_folder(work, "gemma3-270m", "sleb", 0.1)
+    folder.mkdir(parents=True)
+    folder.joinpath("comparison.json").write_text(json.dumps({"rows": [{
+        "failed": 0, "runs": 1, "errors": [], "seeds": [0], "metrics": saved_sleb["metrics"], "metrics_std": {},
+        "cost": saved_sleb["cost"], "removed_layers": saved_sleb["removed_layers"]}]}))
+    settings = settings_for("quick")
+    settings.models = [ModelRun("gemma3-270m", [0.1])]
+    args = argparse.Namespace(work_dir=work, merge=True)
+
+    assert collect(args, settings, tmp_path / "benchmarks.md", json_path) == 0
+
+    after = json.loads(json_path.read_text())["sections"]["quality"]
+    by_key = {(r["model"], r["method"], r["ratio"]): r for r in after}
+    assert [r for r in after if r["model"] == "smollm2-135m"] == [r for r in before if r["model"] == "smollm2-135m"]
+    assert by_key[("gemma3-270m", "sleb", 0.2)] == next(
+        r for r in before if (r["model"], r["method"], r["ratio"]) == ("gemma3-270m", "sleb", 0.2))
+    assert by_key[("gemma3-270m", "sleb", 0.1)]["wall_seconds"] == saved_sleb["wall_seconds"]
+    assert by_key[("gemma3-270m", "shapley", 0.1)]["status"] == "skipped"
+    assert (tmp_path / "benchmarks.md").read_text().startswith("# Benchmarks")
