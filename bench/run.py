@@ -272,16 +272,17 @@ def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: 
     # Decoder layers of the built-in model assets, so that collecting loads no model.
     depths = {model.source: 30 if model.source == "smollm2-135m" else 18 for model in settings.models}
     rows = collect_quality(settings, args.work_dir, depths)
+    saved_rows = results["sections"].get("quality", [])
     # The stopped run saved each finished row, wall seconds included, which the finished runs'
     # files lack. A saved row with the same metrics is that same run, so its seconds carry over.
-    saved = {(row["model"], row["method"], row["ratio"]): row for row in results["sections"].get("quality", [])}
+    saved = {(row["model"], row["method"], row["ratio"]): row for row in saved_rows}
     for row in rows:
         match = saved.get((row["model"], row["method"], row["ratio"]))
         if match is not None and row.get("wall_seconds") is None and match.get("metrics") == row.get("metrics"):
             row["wall_seconds"] = match.get("wall_seconds")
     if args.merge:
         # The stopped run merged into earlier results, so their rows of other models and ratios stay.
-        rows = merge_quality_rows(rows_not_redone(results["sections"].get("quality", []), settings.models), rows)
+        rows = merge_quality_rows(rows_not_redone(saved_rows, settings.models), rows)
     else:
         results["note"] = ("the run was stopped during the quality section; that section was rebuilt with "
                            "`--collect` from the runs that had finished, and the later sections did not run")

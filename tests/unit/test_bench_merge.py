@@ -76,7 +76,7 @@ def test_rows_not_redone_keeps_other_models():
     assert remaining == [_row("small", "dense", 0.0), _row("small", "sleb", 0.2)]
 
 
-def test_collect_merge_keeps_other_rows_and_saved_seconds(tmp_path: Path):
+def test_collect_merge_keeps_earlier_rows(tmp_path: Path):
     import argparse
     import json
     import shutil

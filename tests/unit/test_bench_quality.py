@@ -79,8 +79,9 @@ def test_oracle_skip_row_above_cap():
     assert row["reason"] == f"C(18, 4) = 3060 subsets is above the cap of {settings.oracle_max_subsets}"
 
 
-def test_oracle_skip_row_runs_small_oracle_and_other_methods():
-    settings = settings_for("quick")
+def test_oracle_skip_row_below_cap():
+    assert oracle_skip_row(settings_for("quick"), "gemma", "oracle", 0.1, 18, 2) is None
 
-    assert oracle_skip_row(settings, "gemma", "oracle", 0.1, 18, 2) is None
-    assert oracle_skip_row(settings, "gemma", "sleb", 0.2, 18, 4) is None
+
+def test_oracle_skip_row_ignores_other_methods():
+    assert oracle_skip_row(settings_for("quick"), "gemma", "sleb", 0.2, 18, 4) is None
