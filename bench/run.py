@@ -28,6 +28,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -107,6 +108,30 @@ def quality_bar_files(out: Path) -> list[Path]:
     return [path.relative_to(out.parent) for path in found if path.exists()]
 
 
+def reproduce_command(mode: str, models: list[dict]) -> str:
+    """Return the command line that measures the quality rows of ``models`` in ``mode`` again.
+
+    Each entry of ``models`` is a ``{"source", "ratios"}`` dict. The mode's own models need no flags.
+    Models with different ratios need one run each, the later ones merged into the first.
+    """
+    base = "python bench/run.py" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
+    requested = [(model["source"], sorted(model["ratios"])) for model in models]
+    default = settings_for(mode)
+    if requested == [(model.source, sorted(model.ratios)) for model in default.models]:
+        return base
+    default_ratios = sorted(default.models[0].ratios)
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for source, ratios in requested:
+        groups.setdefault(tuple(ratios), []).append(source)
+    commands = []
+    for ratios, sources in groups.items():
+        command = f"{base} --models {','.join(sources)}"
+        if list(ratios) != default_ratios:
+            command += " --ratios " + ",".join(f"{ratio:g}" for ratio in ratios)
+        commands.append(command + (" --merge" if commands else ""))
+    return ", then ".join(commands)
+
+
 class Benchmark:
     """Runs the sections in order and keeps the results document up to date on disk."""
 
@@ -121,13 +146,11 @@ class Benchmark:
         self.started = time.perf_counter()
         # Results of an earlier run that --merge builds on; empty otherwise.
         self.previous: dict = {}
-        mode_flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[settings.mode]
         self.results: dict[str, object] = {
             "mode": settings.mode,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python bench/run.py" + ("" if not argv else " " + shlex.join(argv)),
-            "reproduce": f"python bench/run.py{mode_flag}" + "".join(
-                f" {flag} {value}" for flag, value in zip(argv, argv[1:]) if flag in ("--models", "--ratios")),
+            "reproduce": reproduce_command(settings.mode, [asdict(model) for model in settings.models]),
             "settings": settings.to_dict(),
             "json_name": json_path.name,
             "json_link": os.path.relpath(json_path, out.parent),
@@ -169,6 +192,7 @@ class Benchmark:
         for model in self.results["settings"]["models"]:
             merged[model["source"]] = sorted(set(merged.get(model["source"], [])) | set(model["ratios"]))
         self.results["settings"]["models"] = [{"source": source, "ratios": ratios} for source, ratios in merged.items()]
+        self.results["reproduce"] = reproduce_command(self.settings.mode, self.results["settings"]["models"])
         if "quality" in previous.get("sections", {}) and "quality" not in requested:
             from bench.verdict import build_verdict
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.run import Benchmark, merge_quality_rows, rows_not_redone
+from bench.run import Benchmark, merge_quality_rows, reproduce_command, rows_not_redone
 from bench.settings import ModelRun, settings_for
 
 
@@ -112,3 +112,30 @@ def test_collect_merge_keeps_earlier_rows(tmp_path: Path):
     assert by_key[("gemma3-270m", "sleb", 0.1)]["wall_seconds"] == saved_sleb["wall_seconds"]
     assert by_key[("gemma3-270m", "shapley", 0.1)]["status"] == "skipped"
     assert (tmp_path / "benchmarks.md").read_text().startswith("# Benchmarks")
+
+
+def test_reproduce_command_mode_defaults():
+    models = [{"source": "smollm2-135m", "ratios": [0.2, 0.1, 0.35]}, {"source": "gemma3-270m", "ratios": [0.1, 0.2, 0.35]}]
+
+    assert reproduce_command("full", models) == "python bench/run.py"
+
+
+def test_reproduce_command_ratio_groups():
+    models = [{"source": "smollm2-135m", "ratios": [0.2]}, {"source": "gemma3-270m", "ratios": [0.2, 0.35]}]
+
+    assert reproduce_command("quick", models) == (
+        "python bench/run.py --quick --models smollm2-135m, then "
+        "python bench/run.py --quick --models gemma3-270m --ratios 0.2,0.35 --merge")
+
+
+def test_merge_reproduce_command(tmp_path: Path):
+    settings = settings_for("full")
+    settings.models = [ModelRun("gemma3-270m", [0.1, 0.35])]
+    bench = Benchmark(settings, tmp_path, tmp_path / "b.md", tmp_path / "b.json", ["--merge"])
+    previous = {**_previous(), "command": "python bench/run.py",
+                "settings": {"models": [{"source": "smollm2-135m", "ratios": [0.1, 0.2, 0.35]},
+                                        {"source": "gemma3-270m", "ratios": [0.2]}]}}
+
+    bench.merge_previous(previous, ["quality"])
+
+    assert bench.results["reproduce"] == "python bench/run.py"
