@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.collect:
-        return collect(args, settings, out, json_path)
+        return collect(args, settings, out, json_path, argv)
 
     temporary = None
     if args.work_dir is None:
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: Path) -> int:
+def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: Path, argv: list[str]) -> int:
     """Merge the finished quality runs of a stopped run into the mode's results and rewrite the page."""
     from bench.quality import collect_quality
     from bench.render import render
@@ -312,6 +312,7 @@ def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: 
                            "`--collect` from the runs that had finished, and the later sections did not run")
     results["sections"]["quality"] = rows
     results["sections"]["verdict"] = build_verdict(rows)
+    results["command"] = f"{results['command']}, then python bench/run.py {shlex.join(argv)}"
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     out.write_text(render(results, quality_bar_files(out)))
     log.info("wrote %s and %s from the finished runs in %s", out, json_path, args.work_dir)

@@ -102,9 +102,13 @@ def test_collect_merge_keeps_earlier_rows(tmp_path: Path):
     settings.models = [ModelRun("gemma3-270m", [0.1])]
     args = argparse.Namespace(work_dir=work, merge=True)
 
-    assert collect(args, settings, tmp_path / "benchmarks.md", json_path) == 0
+    argv = ["--quick", "--collect", "--merge", "--models", "gemma3-270m", "--ratios", "0.1", "--work-dir", str(work)]
 
-    after = json.loads(json_path.read_text())["sections"]["quality"]
+    assert collect(args, settings, tmp_path / "benchmarks.md", json_path, argv) == 0
+
+    document = json.loads(json_path.read_text())
+    assert document["command"].endswith(f", then python bench/run.py {' '.join(argv)}")
+    after = document["sections"]["quality"]
     by_key = {(r["model"], r["method"], r["ratio"]): r for r in after}
     assert [r for r in after if r["model"] == "smollm2-135m"] == [r for r in before if r["model"] == "smollm2-135m"]
     assert by_key[("gemma3-270m", "sleb", 0.2)] == next(
