@@ -59,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ratios", default=None,
                         help="Comma-separated removal ratios for the quality section, for example 0.1,0.35 "
                         "(default: the mode's ratios).")
+    parser.add_argument("--methods", default=None,
+                        help="Comma-separated quality methods to run, such as random,sleb (default: all of the "
+                        "mode's methods). With --merge, the other methods' rows stay.")
     parser.add_argument("--bigbench-dir", default=None,
                         help="Folder of BIG-bench tasks as <task>/task.json, such as bigbench/benchmark_tasks of a "
                         "BIG-bench checkout. The quality section then also scores social_iqa and physical_intuition.")
@@ -193,6 +196,10 @@ class Benchmark:
             merged[model["source"]] = sorted(set(merged.get(model["source"], [])) | set(model["ratios"]))
         self.results["settings"]["models"] = [{"source": source, "ratios": ratios} for source, ratios in merged.items()]
         self.results["reproduce"] = reproduce_command(self.settings.mode, self.results["settings"]["models"])
+        # A run of a few methods (--methods) adds to the earlier run's methods.
+        methods = self.results["settings"]["methods"]
+        earlier = previous["settings"].get("methods", [])
+        self.results["settings"]["methods"] = earlier + [name for name in methods if name not in earlier]
         if "quality" in previous.get("sections", {}) and "quality" not in requested:
             from bench.verdict import build_verdict
 
@@ -203,7 +210,7 @@ class Benchmark:
 
         Empty without --merge. A rerun model gets its dense row again, so the old one goes.
         """
-        return rows_not_redone(self.previous.get("sections", {}).get("quality", []), runs)
+        return rows_not_redone(self.previous.get("sections", {}).get("quality", []), runs, self.settings.methods)
 
     def section(self, name: str, function) -> None:
         self.console.rule(f"section: {name}")
@@ -244,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--ratios expects numbers such as 0.1,0.35, got {args.ratios!r}") from None
         for model in settings.models:
             model.ratios = ratios
+    if args.methods:
+        methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+        unknown_methods = [name for name in methods if name not in settings.methods]
+        if unknown_methods:
+            raise SystemExit(f"unknown quality methods {unknown_methods} for the {mode} mode; "
+                             f"choose from {', '.join(settings.methods)}")
+        settings.methods = methods
     if args.bigbench_dir:
         settings.bigbench_dir = checked_bigbench_dir(args.bigbench_dir)
     requested = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -306,7 +320,7 @@ def collect(args: argparse.Namespace, settings: Settings, out: Path, json_path: 
             row["wall_seconds"] = match.get("wall_seconds")
     if args.merge:
         # The stopped run merged into earlier results, so their rows of other models and ratios stay.
-        rows = merge_quality_rows(rows_not_redone(saved_rows, settings.models), rows)
+        rows = merge_quality_rows(rows_not_redone(saved_rows, settings.models, settings.methods), rows)
     else:
         results["note"] = ("the run was stopped during the quality section; that section was rebuilt with "
                            "`--collect` from the runs that had finished, and the later sections did not run")
@@ -404,25 +418,41 @@ def checked_bigbench_dir(folder: str) -> str:
     return str(path)
 
 
-def rows_not_redone(rows: list[dict], runs: list) -> list[dict]:
-    """Return the quality rows whose model and ratio ``runs`` (ModelRun list) do not measure again.
+def rows_not_redone(rows: list[dict], runs: list, methods: list[str] | None = None) -> list[dict]:
+    """Return the quality rows that ``runs`` (ModelRun list) with ``methods`` do not measure again.
 
-    A model that runs again gets its dense row again, so its old dense row is left out too.
+    ``methods`` None means every method. A model that runs again gets its dense row again,
+    so its old dense row is left out too.
     """
     redo = {model.source: set(model.ratios) for model in runs}
     remaining = []
     for row in rows:
         ratios = redo.get(row["model"])
-        if ratios is None or (row["method"] != "dense" and row["ratio"] not in ratios):
+        if ratios is None:
+            remaining.append(row)
+            continue
+        if row["method"] == "dense":
+            continue
+        rerun_method = methods is None or row["method"] in methods
+        if row["ratio"] not in ratios or not rerun_method:
             remaining.append(row)
     return remaining
 
 
 def merge_quality_rows(kept: list[dict], new: list[dict]) -> list[dict]:
-    """Join kept and new quality rows, grouped by model in order of appearance, then by ratio."""
+    """Join kept and new quality rows, grouped by model in order of appearance, then by ratio.
+
+    Within a ratio the methods follow the full mode's order, so a row that was rerun alone
+    returns to its place in the table.
+    """
     rows = kept + new
     models = list(dict.fromkeys(row["model"] for row in rows))
-    return sorted(rows, key=lambda row: (models.index(row["model"]), row["ratio"]))
+    order = settings_for("full").methods
+
+    def method_rank(row: dict) -> int:
+        return order.index(row["method"]) if row["method"] in order else len(order)
+
+    return sorted(rows, key=lambda row: (models.index(row["model"]), row["ratio"], method_rank(row)))
 
 
 def shapley_selection(bench: Benchmark, ratio: float) -> list[int] | None:

@@ -143,3 +143,41 @@ def test_merge_reproduce_command(tmp_path: Path):
     bench.merge_previous(previous, ["quality"])
 
     assert bench.results["reproduce"] == "python bench/run.py"
+
+
+def test_merge_keeps_earlier_methods(tmp_path: Path):
+    settings = settings_for("full")
+    settings.methods = ["random"]
+    bench = Benchmark(settings, tmp_path, tmp_path / "b.md", tmp_path / "b.json", ["--merge"])
+    previous = _previous()
+    previous["settings"]["methods"] = ["shapley", "sleb"]
+
+    bench.merge_previous(previous, ["quality"])
+
+    assert bench.results["settings"]["methods"] == ["shapley", "sleb", "random"]
+
+
+def test_rows_not_redone_keeps_other_methods():
+    rows = [_row("small", "dense", 0.0), _row("small", "sleb", 0.2), _row("small", "random", 0.2)]
+
+    remaining = rows_not_redone(rows, [ModelRun("small", [0.2])], ["random"])
+
+    assert remaining == [_row("small", "sleb", 0.2)]
+
+
+def test_merged_rows_follow_method_order():
+    kept = [_row("small", "shapley", 0.2), _row("small", "oracle", 0.2)]
+    new = [_row("small", "random", 0.2)]
+
+    merged = merge_quality_rows(kept, new)
+
+    assert [row["method"] for row in merged] == ["shapley", "random", "oracle"]
+
+
+def test_unknown_method_is_rejected():
+    import pytest
+
+    from bench.run import main
+
+    with pytest.raises(SystemExit, match=r"unknown quality methods \['randon'\] for the quick mode"):
+        main(["--quick", "--methods", "randon", "--render"])
